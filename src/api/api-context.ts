@@ -1,0 +1,32 @@
+import type { Broker } from '../broker/broker.js';
+import type { Config } from '../config/config-schema.js';
+import type { ValidationContext } from '../domain/validate-email.js';
+import type { DevInbox } from '../inbox/dev-inbox.js';
+import type { Store } from '../store/store.js';
+import type { ComponentHealth, Transport } from '../transport/transport.js';
+import type { ApiKeyAuth } from './auth.js';
+import type { EmailIntake } from './email-intake.js';
+
+/** What the HTTP routes need from the running application. */
+export interface ApiContext {
+  readonly config: Config;
+  readonly store: Store;
+  readonly broker: Broker;
+  readonly transport: Transport | undefined;
+  readonly intake: EmailIntake;
+  readonly auth: ApiKeyAuth;
+  readonly inbox: DevInbox | undefined;
+  /** Limits and defaults for validating one request, `now` included. */
+  validation(): ValidationContext;
+  /** The worker's state for /ready; undefined when this process runs no worker. */
+  workerHealth(): ComponentHealth | undefined;
+  /** True once shutdown has begun: new work is refused with 503. */
+  isDraining(): boolean;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The caller's API-key fingerprint ('' when the server runs without keys). */
+    authScope: string;
+  }
+}

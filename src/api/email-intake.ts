@@ -1,0 +1,149 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { v7 as uuidv7 } from 'uuid';
+import type { Broker } from '../broker/broker.js';
+import type { JobStatus, NewJob } from '../domain/email.js';
+import type { ValidatedEmail } from '../domain/validate-email.js';
+import { MailroomError } from '../errors.js';
+import { messageIdFor } from '../mime/message-id.js';
+import type { CreateJobResult, Store } from '../store/store.js';
+import { Batcher } from '../util/batcher.js';
+
+export interface IntakeOptions {
+  readonly maxBacklog: number;
+  /** How long an Idempotency-Key holds. */
+  readonly idempotencyTtlMs: number;
+}
+
+export interface AcceptRequest {
+  readonly email: ValidatedEmail;
+  readonly idempotencyKey?: string;
+  /** Who owns the key: an API key fingerprint, or '' when the server is open. */
+  readonly scope: string;
+  /** The request as received, for telling a repeat from a different request under the same key. */
+  readonly canonicalBody: unknown;
+}
+
+export interface Accepted {
+  readonly id: string;
+  readonly status: JobStatus;
+  /** True when an Idempotency-Key matched an earlier request: nothing new was created. */
+  readonly replayed: boolean;
+}
+
+const MAX_GROUP_COMMIT = 512;
+const BACKLOG_REFRESH_MS = 1000;
+
+/**
+ * Accepts emails: turns validated requests into jobs and commits them in groups (one transaction
+ * and one fsync for every request that arrived in the same tick). A request resolves only after
+ * its job is durable; then the broker is told there is work.
+ */
+export class EmailIntake {
+  private readonly commits: Batcher<NewJob, CreateJobResult>;
+  private backlog = 0;
+  private backlogTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly store: Store,
+    private readonly broker: Broker,
+    private readonly options: IntakeOptions,
+    private readonly logger: Logger,
+  ) {
+    this.commits = new Batcher(async (jobs) => {
+      const results = await this.store.createJobs(jobs);
+      this.backlog += results.filter((result) => result.kind === 'created').length;
+      if (this.broker.publishesOnCommit) this.broker.notify();
+      return results;
+    }, MAX_GROUP_COMMIT);
+  }
+
+  async start(): Promise<void> {
+    await this.refreshBacklog();
+    this.backlogTimer = setInterval(() => void this.refreshBacklog(), BACKLOG_REFRESH_MS);
+    this.backlogTimer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.backlogTimer);
+  }
+
+  /** Seconds a client should wait before retrying, when the backlog is over its limit. */
+  get retryAfterSeconds(): number | undefined {
+    return this.backlog >= this.options.maxBacklog ? 5 : undefined;
+  }
+
+  async accept(request: AcceptRequest): Promise<Accepted> {
+    if (this.retryAfterSeconds !== undefined) {
+      throw new MailroomError('BACKLOG_FULL', `The backlog holds ${this.backlog} jobs; try again later.`);
+    }
+    const job = this.newJob(request);
+    let result: CreateJobResult;
+    try {
+      result = await this.commits.add(job);
+    } catch (error) {
+      this.logger.error({ err: error, job_id: job.id }, 'could not commit a new job');
+      throw new MailroomError(
+        'STORE_UNAVAILABLE',
+        'The email could not be stored; nothing was accepted. Retry.',
+      );
+    }
+    if (result.kind === 'conflict') {
+      throw new MailroomError(
+        'IDEMPOTENCY_CONFLICT',
+        `Idempotency-Key was already used for a different request (email ${result.id}).`,
+      );
+    }
+    if (result.kind === 'created')
+      this.logger.debug({ job_id: result.id, status: result.status }, 'accepted');
+    return { id: result.id, status: result.status, replayed: result.kind === 'duplicate' };
+  }
+
+  private newJob(request: AcceptRequest): NewJob {
+    const { email } = request;
+    const id = uuidv7();
+    const now = Date.now();
+    return {
+      id,
+      content: email.content,
+      tags: email.tags,
+      metadata: email.metadata,
+      priority: email.priority,
+      ...(email.sendAt !== undefined && { sendAt: email.sendAt }),
+      messageId: messageIdFor(id, email.content.from.address),
+      createdAt: now,
+      ...(request.idempotencyKey !== undefined && {
+        idempotency: {
+          scope: request.scope,
+          key: request.idempotencyKey,
+          requestHash: hashRequest(request.canonicalBody),
+          notBefore: now - this.options.idempotencyTtlMs,
+        },
+      }),
+    };
+  }
+
+  private async refreshBacklog(): Promise<void> {
+    try {
+      this.backlog = await this.store.countActive();
+    } catch (error) {
+      this.logger.warn({ err: error }, 'could not count the backlog');
+    }
+  }
+}
+
+/** SHA-256 of the request with object keys sorted, so key order in the JSON does not matter. */
+export function hashRequest(body: unknown): string {
+  return createHash('sha256').update(canonicalJson(body)).digest('hex');
+}
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, item]) => item !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([key, item]) => `${JSON.stringify(key)}:${canonicalJson(item)}`).join(',')}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
+}

@@ -1,0 +1,162 @@
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { ApiContext } from './api/api-context.js';
+import { ApiKeyAuth } from './api/auth.js';
+import { buildServer } from './api/build-server.js';
+import { EmailIntake } from './api/email-intake.js';
+import type { Broker } from './broker/broker.js';
+import { EmbeddedBroker } from './broker/embedded/embedded-broker.js';
+import { type Config, HOUR } from './config/config-schema.js';
+import { sqlitePath } from './config/load-config.js';
+import { parseMailbox } from './domain/validate-email.js';
+import { MailroomError } from './errors.js';
+import { DevInbox } from './inbox/dev-inbox.js';
+import { SqliteStore } from './store/sqlite/sqlite-store.js';
+import type { Store } from './store/store.js';
+import { SmtpTransport } from './transport/smtp/smtp-transport.js';
+import type { Transport } from './transport/transport.js';
+import { Worker } from './worker/worker.js';
+
+export interface AppRoles {
+  readonly api: boolean;
+  readonly worker: boolean;
+}
+
+export interface App {
+  readonly config: Config;
+  readonly store: Store;
+  readonly broker: Broker;
+  readonly server: FastifyInstance | undefined;
+  readonly inbox: DevInbox | undefined;
+  readonly worker: Worker | undefined;
+  /** Listens (when the API role is on) and starts the worker. Returns the URLs it serves. */
+  start(): Promise<{ apiUrl?: string; inboxUrl?: string; inboxSmtp?: string }>;
+  /** Graceful shutdown: refuse new work, finish or release in-flight sends, close everything. */
+  stop(): Promise<void>;
+}
+
+const IDEMPOTENCY_TTL_MS = 24 * HOUR;
+const SCHEDULE_AHEAD_MAX_MS = 366 * 24 * HOUR;
+const MAX_RECIPIENTS = 50;
+
+/** The one composition root: picks adapters from the configuration and wires them together. */
+export async function buildApp(
+  config: Config,
+  logger: Logger,
+  roles: AppRoles = { api: true, worker: true },
+): Promise<App> {
+  const defaultFrom = parseMailbox(config.from);
+  if (!defaultFrom.ok) {
+    throw new MailroomError(
+      'CONFIG_INVALID',
+      `Invalid configuration:\n  MAILROOM_FROM=${JSON.stringify(config.from)}: ${defaultFrom.message}`,
+    );
+  }
+  const store: Store = new SqliteStore(sqlitePath(config));
+  const broker: Broker = new EmbeddedBroker(store, { pollIntervalMs: config.pollIntervalMs, logger });
+  const inbox =
+    config.smtpUrl === undefined
+      ? new DevInbox({
+          host: '127.0.0.1',
+          smtpPort: config.inboxSmtpPort,
+          maxMessages: config.inboxMaxMessages,
+          maxMessageBytes: config.maxMessageBytes * 2,
+          logger: logger.child({ component: 'inbox' }),
+        })
+      : undefined;
+  let transport: Transport | undefined;
+  let worker: Worker | undefined;
+  const intake = new EmailIntake(
+    store,
+    broker,
+    { maxBacklog: config.maxBacklog, idempotencyTtlMs: IDEMPOTENCY_TTL_MS },
+    logger,
+  );
+  let draining = false;
+  let pruneTimer: NodeJS.Timeout | undefined;
+
+  const ctx: ApiContext = {
+    config,
+    store,
+    broker,
+    get transport() {
+      return transport;
+    },
+    intake,
+    auth: new ApiKeyAuth(config.apiKeys ?? []),
+    inbox,
+    validation: () => ({
+      defaultFrom: config.from,
+      maxRecipients: MAX_RECIPIENTS,
+      maxMessageBytes: config.maxMessageBytes,
+      maxScheduleAheadMs: SCHEDULE_AHEAD_MAX_MS,
+      now: Date.now(),
+    }),
+    workerHealth: () =>
+      roles.worker
+        ? { ok: worker?.running ?? false, detail: `${worker?.activeCount ?? 0} in flight` }
+        : undefined,
+    isDraining: () => draining,
+  };
+  const server = roles.api ? await buildServer(ctx, logger) : undefined;
+
+  async function start() {
+    const urls: { apiUrl?: string; inboxUrl?: string; inboxSmtp?: string } = {};
+    if (inbox) {
+      await inbox.start().catch((error: Error) => {
+        throw new MailroomError(
+          'CONFIG_INVALID',
+          `The dev inbox cannot listen on 127.0.0.1:${config.inboxSmtpPort} (MAILROOM_INBOX_SMTP_PORT): ${error.message}`,
+        );
+      });
+      urls.inboxSmtp = `smtp://127.0.0.1:${inbox.port}`;
+    }
+    if (roles.worker) {
+      transport = new SmtpTransport({
+        url: config.smtpUrl ?? urls.inboxSmtp!,
+        pool: config.smtpPool,
+        timeoutMs: config.smtpTimeoutMs,
+      });
+    }
+    await broker.start();
+    await intake.start();
+    pruneTimer = setInterval(() => void store.pruneIdempotencyKeys(Date.now() - IDEMPOTENCY_TTL_MS), HOUR);
+    pruneTimer.unref();
+    if (server) {
+      const address = await server.listen({ host: config.host, port: config.port });
+      urls.apiUrl = address;
+      if (inbox) urls.inboxUrl = `${address}/inbox`;
+    }
+    if (roles.worker && transport) {
+      worker = new Worker(store, broker, transport, config, logger);
+      await worker.start();
+    }
+    return urls;
+  }
+
+  async function stop() {
+    if (draining) return;
+    draining = true;
+    clearInterval(pruneTimer);
+    // In-flight HTTP requests finish (their jobs commit); new ones get 503 meanwhile.
+    await Promise.all([worker?.stop(config.shutdownTimeoutMs), server?.close()]);
+    intake.stop();
+    await transport?.close();
+    await broker.close();
+    await inbox?.close();
+    await store.close();
+  }
+
+  return {
+    config,
+    store,
+    broker,
+    server,
+    inbox,
+    get worker() {
+      return worker;
+    },
+    start,
+    stop,
+  };
+}

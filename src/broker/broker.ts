@@ -1,0 +1,61 @@
+/**
+ * The Broker port: carries job messages from the API to workers, at least once.
+ *
+ * A worker settles every delivery exactly once, and only after the job's outcome is committed to
+ * the Store: `ack` when the job needs nothing more, `retryLater` when it is deferred, `deadLetter`
+ * when it is given up. A delivery that is never settled (the worker died) comes back.
+ * No client, channel or connection type crosses this port.
+ */
+import type { DeadLetterReason, Priority } from '../domain/email.js';
+import type { ComponentHealth } from '../transport/transport.js';
+
+/** What travels through the broker: a pointer to a committed job, plus context. */
+export interface JobMessage {
+  readonly jobId: string;
+  readonly priority: Priority;
+  /** W3C trace context and other propagation headers. */
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+export interface Delivery {
+  readonly message: JobMessage;
+  /** 1 on the first delivery, more on redeliveries. */
+  readonly deliveryCount: number;
+  /** The job needs nothing more from this message. */
+  ack(): Promise<void>;
+  /** Deliver again after `delayMs` (the job was deferred). */
+  retryLater(delayMs: number): Promise<void>;
+  /** Give the message up, with a reason a person can read. */
+  deadLetter(reason: DeadLetterReason, error?: string): Promise<void>;
+}
+
+export interface ConsumeOptions {
+  /** At most this many unsettled deliveries at once. */
+  readonly prefetch: number;
+}
+
+export interface Consumer {
+  /** Stops taking new deliveries; those already handed out stay valid until settled. */
+  stop(): Promise<void>;
+}
+
+export type DeliveryHandler = (delivery: Delivery) => void;
+
+export interface Broker {
+  /** `embedded`, `rabbitmq`, `nats`. */
+  readonly name: string;
+  /**
+   * True when the Store's commit of a job is itself the publish (the embedded broker reads the Store).
+   * Then the API needs no outbox and no dispatcher. Default for network brokers: false.
+   */
+  readonly publishesOnCommit: boolean;
+  start(): Promise<void>;
+  close(): Promise<void>;
+  /** Publishes messages; resolves once the broker confirmed all of them. */
+  publish(messages: readonly JobMessage[]): Promise<void>;
+  /** Hands deliveries to `handler` until the consumer is stopped. */
+  consume(handler: DeliveryHandler, options: ConsumeOptions): Promise<Consumer>;
+  /** Tells the broker that work may be waiting (a commit just happened in this process). */
+  notify(): void;
+  health(): Promise<ComponentHealth>;
+}

@@ -1,0 +1,212 @@
+import { existsSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import dotenv from 'dotenv';
+import type { Logger } from 'pino';
+import { buildApp } from './app.js';
+import type { Config } from './config/config-schema.js';
+import { loadConfig } from './config/load-config.js';
+import { MailroomError } from './errors.js';
+import { startInboxServer } from './inbox/inbox-server.js';
+import { createLogger } from './logging/logger.js';
+
+const USAGE = `Usage: mailroom <command> [options]
+
+Commands:
+  start                         API, worker and (without MAILROOM_SMTP_URL) the dev inbox, in one process
+  inbox                         the dev inbox alone: SMTP on MAILROOM_INBOX_SMTP_PORT, pages on MAILROOM_INBOX_HTTP_PORT
+  send --to A --subject S --text T [--html H] [--from F]
+                                send an email through the API at MAILROOM_URL
+  status <id>                   an email's status and history
+  dlq list [--reason R]         dead letters
+  dlq replay <id> | --all [--reason R]
+                                queue dead letters again
+  help                          this text
+
+Configuration comes from the environment and an optional .env file; see docs/configuration.md.`;
+
+async function main(argv: string[]): Promise<number> {
+  if (existsSync('.env')) dotenv.config({ path: '.env', quiet: true });
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'start':
+      return runServer();
+    case 'inbox':
+      return runInbox();
+    case 'send':
+      return send(rest);
+    case 'status':
+      return status(rest);
+    case 'dlq':
+      return deadLetters(rest);
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      console.log(USAGE);
+      return 0;
+    default:
+      console.error(`Unknown command "${command}".\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+function setup(): { config: Config; logger: Logger } {
+  const config = loadConfig();
+  const logger = createLogger({
+    level: config.logLevel,
+    pretty: config.logPretty ?? process.stdout.isTTY === true,
+  });
+  return { config, logger };
+}
+
+async function runServer(): Promise<number> {
+  const { config, logger } = setup();
+  const app = await buildApp(config, logger);
+  const urls = await app.start();
+  const lines = [
+    `API      ${urls.apiUrl}  (docs: ${urls.apiUrl}/docs)`,
+    urls.inboxUrl ? `Inbox    ${urls.inboxUrl}  (SMTP ${urls.inboxSmtp})` : 'Relay    MAILROOM_SMTP_URL',
+  ];
+  logger.info(
+    { api: urls.apiUrl, inbox: urls.inboxUrl, inbox_smtp: urls.inboxSmtp },
+    `Mailroom is running\n  ${lines.join('\n  ')}`,
+  );
+  return waitForSignal(logger, () => app.stop());
+}
+
+async function runInbox(): Promise<number> {
+  const { config, logger } = setup();
+  const inbox = await startInboxServer({
+    host: config.host,
+    httpPort: config.inboxHttpPort,
+    smtpPort: config.inboxSmtpPort,
+    maxMessages: config.inboxMaxMessages,
+    maxMessageBytes: config.maxMessageBytes * 2,
+    logger,
+  });
+  logger.info(
+    { inbox: inbox.httpUrl, smtp: inbox.smtpUrl },
+    `Dev inbox is running: ${inbox.httpUrl} (SMTP ${inbox.smtpUrl})`,
+  );
+  return waitForSignal(logger, () => inbox.close());
+}
+
+/** Resolves with the exit code once a SIGTERM/SIGINT-driven shutdown finished. A second signal exits at once. */
+function waitForSignal(logger: Logger, shutdown: () => Promise<void>): Promise<number> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        logger.warn({ signal }, 'second signal: exiting now');
+        process.exit(1);
+      }
+      stopping = true;
+      logger.info({ signal }, 'shutting down');
+      shutdown().then(
+        () => resolve(0),
+        (error: unknown) => {
+          logger.error({ err: error }, 'shutdown failed');
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}
+
+async function api(
+  path: string,
+  init: { method?: string; body?: unknown } = {},
+): Promise<{ status: number; body: unknown }> {
+  const config = loadConfig();
+  const headers: Record<string, string> = { accept: 'application/json' };
+  if (init.body !== undefined) headers['content-type'] = 'application/json';
+  if (config.apiKey) headers.authorization = `Bearer ${config.apiKey}`;
+  const response = await fetch(new URL(path, config.apiUrl), {
+    method: init.method ?? 'GET',
+    headers,
+    ...(init.body !== undefined && { body: JSON.stringify(init.body) }),
+  });
+  const text = await response.text();
+  let body: unknown = text;
+  try {
+    body = JSON.parse(text);
+  } catch {}
+  return { status: response.status, body };
+}
+
+function printResult(result: { status: number; body: unknown }): number {
+  const out = result.status < 400 ? console.log : console.error;
+  out(JSON.stringify(result.body, null, 2));
+  return result.status < 400 ? 0 : 1;
+}
+
+async function send(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      to: { type: 'string', multiple: true },
+      subject: { type: 'string' },
+      text: { type: 'string' },
+      html: { type: 'string' },
+      from: { type: 'string' },
+    },
+  });
+  const body = {
+    to: values.to,
+    subject: values.subject,
+    ...(values.text !== undefined && { text: values.text }),
+    ...(values.html !== undefined && { html: values.html }),
+    ...(values.from !== undefined && { from: values.from }),
+  };
+  return printResult(await api('/v1/emails', { method: 'POST', body }));
+}
+
+async function status(args: string[]): Promise<number> {
+  const [id] = args;
+  if (!id) throw new UsageError('status needs an email id: mailroom status <id>');
+  return printResult(await api(`/v1/emails/${encodeURIComponent(id)}`));
+}
+
+async function deadLetters(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { all: { type: 'boolean' }, reason: { type: 'string' } },
+  });
+  const [action, id] = positionals;
+  if (action === 'list') {
+    const query = values.reason ? `?reason=${encodeURIComponent(values.reason)}` : '';
+    return printResult(await api(`/v1/dead-letters${query}`));
+  }
+  if (action === 'replay' && id)
+    return printResult(await api(`/v1/dead-letters/${encodeURIComponent(id)}/replay`, { method: 'POST' }));
+  if (action === 'replay' && values.all) {
+    return printResult(
+      await api('/v1/dead-letters/replay', {
+        method: 'POST',
+        body: values.reason ? { reason: values.reason } : {},
+      }),
+    );
+  }
+  throw new UsageError(
+    'usage: mailroom dlq list [--reason R] | mailroom dlq replay <id> | mailroom dlq replay --all [--reason R]',
+  );
+}
+
+class UsageError extends Error {}
+
+main(process.argv.slice(2)).then(
+  // Exit explicitly: a pooled socket or a timer must not keep a finished command alive.
+  (code) => process.exit(code),
+  (error: unknown) => {
+    if (error instanceof MailroomError || error instanceof UsageError) console.error(error.message);
+    else if (error instanceof TypeError && /fetch failed/.test(error.message)) {
+      console.error(
+        `Cannot reach the Mailroom API (MAILROOM_URL): ${(error.cause as Error | undefined)?.message ?? error.message}`,
+      );
+    } else console.error(error);
+    process.exit(error instanceof UsageError ? 2 : 1);
+  },
+);

@@ -1,0 +1,269 @@
+/**
+ * Every configuration variable Mailroom reads, with its default, its rule and its documentation.
+ * This table is the schema: `loadConfig` reads the environment through it, and a test checks that
+ * docs/configuration.md lists exactly these variables with these defaults.
+ */
+
+export const SECOND = 1000;
+export const MINUTE = 60 * SECOND;
+export const HOUR = 60 * MINUTE;
+
+export interface VariableSpec<T> {
+  readonly env: string;
+  /** The default as written in the environment; undefined means "unset" is allowed and meaningful. */
+  readonly default?: string;
+  /** What a valid value looks like, for error messages: "an integer from 1 to 65535". */
+  readonly expected: string;
+  readonly description: string;
+  /** Parses a raw value; returns undefined when the value breaks the rule. */
+  readonly parse: (raw: string) => T | undefined;
+  /** Marks secrets: never printed, never logged. */
+  readonly secret?: boolean;
+}
+
+function integer(min: number, max: number) {
+  return (raw: string): number | undefined => {
+    if (!/^-?\d+$/.test(raw.trim())) return undefined;
+    const value = Number(raw.trim());
+    return Number.isSafeInteger(value) && value >= min && value <= max ? value : undefined;
+  };
+}
+
+function text(maxLength = 2048) {
+  return (raw: string): string | undefined => (raw.length <= maxLength ? raw : undefined);
+}
+
+function oneOf<const T extends string>(...values: T[]) {
+  return (raw: string): T | undefined => values.find((value) => value === raw.trim());
+}
+
+function urlWithScheme(...schemes: string[]) {
+  return (raw: string): string | undefined => {
+    const value = raw.trim();
+    if (schemes.includes(value)) return value;
+    try {
+      const url = new URL(value);
+      return schemes.includes(url.protocol.replace(/:$/, '')) ? value : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+}
+
+function keyList(raw: string): string[] | undefined {
+  const keys = raw
+    .split(',')
+    .map((key) => key.trim())
+    .filter((key) => key.length > 0);
+  return keys.every((key) => key.length >= 16 && /^[\x21-\x7e]+$/.test(key)) ? keys : undefined;
+}
+
+function boolean(raw: string): boolean | undefined {
+  const value = raw.trim().toLowerCase();
+  if (['1', 'true', 'yes', 'on'].includes(value)) return true;
+  if (['0', 'false', 'no', 'off', ''].includes(value)) return false;
+  return undefined;
+}
+
+const PORT = 'an integer from 0 to 65535';
+
+export const CONFIG_SCHEMA = {
+  host: {
+    env: 'MAILROOM_HOST',
+    default: '127.0.0.1',
+    expected: 'a host name or IP address',
+    description: 'Address the HTTP API listens on. Any non-loopback address requires MAILROOM_API_KEYS.',
+    parse: text(255),
+  },
+  port: {
+    env: 'MAILROOM_PORT',
+    default: '3000',
+    expected: PORT,
+    description: 'Port of the HTTP API (0 picks a free port).',
+    parse: integer(0, 65535),
+  },
+  dataDir: {
+    env: 'MAILROOM_DATA_DIR',
+    default: './data',
+    expected: 'a directory path',
+    description:
+      'Where the embedded SQLite store lives (`mailroom.db`), unless MAILROOM_DATABASE_URL names a file.',
+    parse: text(),
+  },
+  databaseUrl: {
+    env: 'MAILROOM_DATABASE_URL',
+    expected: 'sqlite:PATH',
+    description: 'The store. Default: `sqlite:` + MAILROOM_DATA_DIR/mailroom.db.',
+    parse: (raw: string) => (/^sqlite:.+/.test(raw.trim()) ? raw.trim() : undefined),
+  },
+  brokerUrl: {
+    env: 'MAILROOM_BROKER_URL',
+    default: 'embedded',
+    expected: '`embedded`',
+    description: 'The broker. `embedded` keeps the queue in the store (no external server).',
+    parse: oneOf('embedded'),
+  },
+  smtpUrl: {
+    env: 'MAILROOM_SMTP_URL',
+    expected: 'smtp://[user:pass@]host[:port] or smtps://…',
+    description:
+      'The SMTP relay. Unset: the built-in dev inbox on MAILROOM_INBOX_SMTP_PORT receives everything.',
+    parse: urlWithScheme('smtp', 'smtps'),
+    secret: true,
+  },
+  smtpPool: {
+    env: 'MAILROOM_SMTP_POOL',
+    default: '4',
+    expected: 'an integer from 1 to 100',
+    description: 'Pooled SMTP connections per worker process.',
+    parse: integer(1, 100),
+  },
+  smtpTimeoutMs: {
+    env: 'MAILROOM_SMTP_TIMEOUT_MS',
+    default: '20000',
+    expected: 'an integer from 100 to 600000',
+    description:
+      'How long one SMTP step may wait for the relay (connect, greeting, each reply) before it counts as a transient failure.',
+    parse: integer(100, 600_000),
+  },
+  inboxSmtpPort: {
+    env: 'MAILROOM_INBOX_SMTP_PORT',
+    default: '1025',
+    expected: PORT,
+    description: 'SMTP port of the built-in dev inbox.',
+    parse: integer(0, 65535),
+  },
+  inboxHttpPort: {
+    env: 'MAILROOM_INBOX_HTTP_PORT',
+    default: '8025',
+    expected: PORT,
+    description:
+      'HTTP port of `mailroom inbox` when it runs alone (in `mailroom start` the inbox is served on MAILROOM_PORT).',
+    parse: integer(0, 65535),
+  },
+  inboxMaxMessages: {
+    env: 'MAILROOM_INBOX_MAX_MESSAGES',
+    default: '1000',
+    expected: 'an integer from 1 to 100000',
+    description: 'How many messages the dev inbox keeps in memory (oldest dropped first).',
+    parse: integer(1, 100_000),
+  },
+  from: {
+    env: 'MAILROOM_FROM',
+    default: 'Mailroom <mailroom@localhost>',
+    expected: 'an address, optionally with a display name',
+    description: 'Sender used when a request gives no `from`.',
+    parse: text(512),
+  },
+  retryBaseMs: {
+    env: 'MAILROOM_RETRY_BASE_MS',
+    default: '30000',
+    expected: 'an integer from 10 to 86400000',
+    description: 'First retry delay; each later retry doubles it (with jitter), up to MAILROOM_RETRY_MAX_MS.',
+    parse: integer(10, 86_400_000),
+  },
+  retryMaxMs: {
+    env: 'MAILROOM_RETRY_MAX_MS',
+    default: '3600000',
+    expected: 'an integer from 10 to 604800000',
+    description: 'Longest retry delay.',
+    parse: integer(10, 604_800_000),
+  },
+  maxAttempts: {
+    env: 'MAILROOM_MAX_ATTEMPTS',
+    default: '5',
+    expected: 'an integer from 1 to 100',
+    description: 'Attempts before a transiently failing job is failed and dead-lettered (`max_attempts`).',
+    parse: integer(1, 100),
+  },
+  leaseMs: {
+    env: 'MAILROOM_LEASE_MS',
+    default: '60000',
+    expected: 'an integer from 1000 to 3600000, larger than MAILROOM_SMTP_TIMEOUT_MS',
+    description: 'How long a worker owns a claimed job; a crashed worker’s jobs are claimed again after it.',
+    parse: integer(1000, 3_600_000),
+  },
+  concurrency: {
+    env: 'MAILROOM_CONCURRENCY',
+    default: '32',
+    expected: 'an integer from 1 to 1000',
+    description: 'Sends in flight per worker process (the SMTP pool size is separate).',
+    parse: integer(1, 1000),
+  },
+  pollIntervalMs: {
+    env: 'MAILROOM_POLL_INTERVAL_MS',
+    default: '250',
+    expected: 'an integer from 10 to 60000',
+    description: 'How often the embedded broker looks for due jobs when nothing wakes it sooner.',
+    parse: integer(10, 60_000),
+  },
+  shutdownTimeoutMs: {
+    env: 'MAILROOM_SHUTDOWN_TIMEOUT_MS',
+    default: '10000',
+    expected: 'an integer from 0 to 600000',
+    description:
+      'On SIGTERM/SIGINT, how long in-flight sends may take before the rest are released for the next start.',
+    parse: integer(0, 600_000),
+  },
+  maxMessageBytes: {
+    env: 'MAILROOM_MAX_MESSAGE_BYTES',
+    default: '10485760',
+    expected: 'an integer from 1024 to 104857600',
+    description: 'Largest accepted email (subject, bodies and headers); larger requests get 413.',
+    parse: integer(1024, 104_857_600),
+  },
+  maxBacklog: {
+    env: 'MAILROOM_MAX_BACKLOG',
+    default: '1000000',
+    expected: 'an integer from 1 to 1000000000',
+    description:
+      'Active jobs (queued, scheduled, processing, deferred) past which the API answers 503 with Retry-After.',
+    parse: integer(1, 1_000_000_000),
+  },
+  apiKeys: {
+    env: 'MAILROOM_API_KEYS',
+    expected: 'comma-separated keys of at least 16 printable characters',
+    description:
+      'Keys accepted in `Authorization: Bearer <key>`. Required when MAILROOM_HOST is not loopback; optional (but enforced if set) on loopback.',
+    parse: keyList,
+    secret: true,
+  },
+  logLevel: {
+    env: 'LOG_LEVEL',
+    default: 'info',
+    expected: 'one of fatal, error, warn, info, debug, trace, silent',
+    description: 'Log level. Logs are JSON lines, pretty-printed when stdout is a terminal.',
+    parse: oneOf('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'),
+  },
+  logPretty: {
+    env: 'MAILROOM_LOG_PRETTY',
+    expected: 'true or false',
+    description: 'Force pretty (true) or JSON (false) logs. Default: pretty only when stdout is a terminal.',
+    parse: boolean,
+  },
+  apiUrl: {
+    env: 'MAILROOM_URL',
+    default: 'http://127.0.0.1:3000',
+    expected: 'an http:// or https:// URL',
+    description: 'Where the CLI commands `send`, `status` and `dlq` reach the API.',
+    parse: urlWithScheme('http', 'https'),
+  },
+  apiKey: {
+    env: 'MAILROOM_API_KEY',
+    expected: 'a key',
+    description: 'The key the CLI sends as `Authorization: Bearer` (one of the server’s MAILROOM_API_KEYS).',
+    parse: text(1024),
+    secret: true,
+  },
+} as const satisfies Record<string, VariableSpec<unknown>>;
+
+export type ConfigSchema = typeof CONFIG_SCHEMA;
+type ParsedValue<S> = S extends VariableSpec<infer T> ? T : never;
+type HasDefault<S> = S extends { default: string } ? true : false;
+
+/** The validated, frozen configuration. Variables with a default are always present. */
+export type Config = {
+  readonly [K in keyof ConfigSchema]: HasDefault<ConfigSchema[K]> extends true
+    ? ParsedValue<ConfigSchema[K]>
+    : ParsedValue<ConfigSchema[K]> | undefined;
+};

@@ -1,0 +1,63 @@
+import { isIP } from 'node:net';
+import { MailroomError } from '../errors.js';
+import { CONFIG_SCHEMA, type Config, type VariableSpec } from './config-schema.js';
+
+export type Environment = Readonly<Record<string, string | undefined>>;
+
+/**
+ * Reads the configuration once, through CONFIG_SCHEMA, and freezes it.
+ * Every wrong value is reported at once, each naming the variable and what it expected.
+ */
+export function loadConfig(env: Environment = process.env): Config {
+  const problems: string[] = [];
+  const values: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(CONFIG_SCHEMA) as [string, VariableSpec<unknown>][]) {
+    const raw = env[spec.env] ?? spec.default;
+    if (raw === undefined || (raw === '' && spec.default === undefined)) continue;
+    const value = spec.parse(raw);
+    if (value === undefined) {
+      const shown = spec.secret ? '(hidden)' : JSON.stringify(raw);
+      problems.push(`${spec.env}=${shown}: expected ${spec.expected}`);
+    } else {
+      values[name] = value;
+    }
+  }
+  const config = values as Config;
+  if (problems.length === 0) problems.push(...crossChecks(config));
+  if (problems.length > 0) {
+    throw new MailroomError('CONFIG_INVALID', `Invalid configuration:\n  ${problems.join('\n  ')}`);
+  }
+  return Object.freeze(config);
+}
+
+function crossChecks(config: Config): string[] {
+  const problems: string[] = [];
+  if (config.leaseMs <= config.smtpTimeoutMs) {
+    problems.push(
+      `MAILROOM_LEASE_MS=${config.leaseMs}: expected more than MAILROOM_SMTP_TIMEOUT_MS (${config.smtpTimeoutMs}), or a slow send would lose its lease`,
+    );
+  }
+  if (config.retryMaxMs < config.retryBaseMs) {
+    problems.push(
+      `MAILROOM_RETRY_MAX_MS=${config.retryMaxMs}: expected at least MAILROOM_RETRY_BASE_MS (${config.retryBaseMs})`,
+    );
+  }
+  if (!isLoopback(config.host) && (config.apiKeys ?? []).length === 0) {
+    problems.push(
+      `MAILROOM_HOST=${config.host}: a non-loopback address needs MAILROOM_API_KEYS, or anyone on the network could send mail`,
+    );
+  }
+  return problems;
+}
+
+export function isLoopback(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  return host === '::1' || host === '[::1]';
+}
+
+/** The SQLite file path the configuration points at. */
+export function sqlitePath(config: Config): string {
+  if (config.databaseUrl) return config.databaseUrl.replace(/^sqlite:(\/\/)?/, '');
+  return `${config.dataDir.replace(/\/+$/, '')}/mailroom.db`;
+}

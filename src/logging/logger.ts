@@ -1,0 +1,35 @@
+import pino, { type Logger } from 'pino';
+
+export interface LoggerOptions {
+  readonly level: string;
+  /** Pretty lines for a person at a terminal; JSON lines otherwise. */
+  readonly pretty: boolean;
+}
+
+/** Paths that may carry secrets; pino replaces them before a line is written. */
+const REDACT = [
+  'req.headers.authorization',
+  'headers.authorization',
+  'authorization',
+  'apiKey',
+  'apiKeys',
+  'smtpUrl',
+  'password',
+  'pass',
+  '*.password',
+  '*.pass',
+];
+
+export function createLogger(options: LoggerOptions): Logger {
+  return pino({
+    level: options.level,
+    base: { service: 'mailroom' },
+    redact: { paths: REDACT, censor: '[redacted]' },
+    ...(options.pretty && {
+      transport: {
+        target: 'pino-pretty',
+        options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service' },
+      },
+    }),
+  });
+}

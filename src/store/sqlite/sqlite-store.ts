@@ -1,0 +1,467 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import {
+  type DeadLetterReason,
+  type EmailContent,
+  type Job,
+  type JobEvent,
+  type JobEventType,
+  type JobStatus,
+  type NewJob,
+  PRIORITY_BY_RANK,
+  PRIORITY_RANK,
+} from '../../domain/email.js';
+import type { ComponentHealth } from '../../transport/transport.js';
+import { decodeCursor, encodeCursor } from '../cursor.js';
+import type {
+  CancelResult,
+  ClaimRequest,
+  ClaimResult,
+  CreateJobResult,
+  DeadLetterFilter,
+  DueJob,
+  JobFilter,
+  Outcome,
+  Page,
+  RecordOutcome,
+  Store,
+} from '../store.js';
+import { MIGRATIONS } from './migrations.js';
+
+interface JobRow {
+  id: string;
+  status: JobStatus;
+  priority: number;
+  attempts: number;
+  run_at: number | null;
+  send_at: number | null;
+  lease_token: string | null;
+  message_id: string;
+  content: string;
+  tags: string;
+  metadata: string;
+  last_error: string | null;
+  dead_letter_reason: string | null;
+  dead_lettered_at: number | null;
+  created_at: number;
+  updated_at: number;
+}
+
+interface EventRow {
+  job_id: string;
+  type: JobEventType;
+  at: number;
+  attempt: number;
+  detail: string;
+}
+
+const FINISHED: ReadonlySet<JobStatus> = new Set(['sent', 'failed', 'cancelled']);
+
+/**
+ * The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a commit is on disk
+ * before any promise resolves. better-sqlite3 is synchronous; each batch is one short transaction,
+ * which is why callers hand it batches.
+ */
+export class SqliteStore implements Store {
+  private readonly db: Database.Database;
+  private readonly statements: ReturnType<SqliteStore['prepare']>;
+
+  constructor(path: string) {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('busy_timeout = 5000');
+    this.runMigrations();
+    this.statements = this.prepare();
+  }
+
+  async migrate(): Promise<void> {
+    this.runMigrations();
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+
+  async health(): Promise<ComponentHealth> {
+    try {
+      // A write in a transaction that rolls back: proves the file is writable without changing it.
+      this.db.transaction(() => {
+        this.db.prepare('CREATE TEMP TABLE IF NOT EXISTS health_probe (x INTEGER)').run();
+        this.db.prepare('INSERT INTO health_probe VALUES (1)').run();
+        throw new RollbackProbe();
+      })();
+      return { ok: true };
+    } catch (error) {
+      if (error instanceof RollbackProbe) return { ok: true };
+      return { ok: false, detail: (error as Error).message };
+    }
+  }
+
+  async createJobs(jobs: readonly NewJob[]): Promise<CreateJobResult[]> {
+    return this.db.transaction(() => jobs.map((job) => this.createOne(job)))();
+  }
+
+  async getJob(id: string): Promise<(Job & { events: JobEvent[] }) | undefined> {
+    const row = this.statements.getJob.get(id) as JobRow | undefined;
+    if (!row) return undefined;
+    const events = (this.statements.eventsOf.all(id) as EventRow[]).map(toEvent);
+    return { ...toJob(row), events };
+  }
+
+  async listJobs(filter: JobFilter): Promise<Page<Job>> {
+    const where = new WhereClause();
+    if (filter.status) where.add('j.status = ?', filter.status);
+    if (filter.to)
+      where.add('j.id IN (SELECT job_id FROM job_recipients WHERE address = ?)', filter.to.toLowerCase());
+    if (filter.tag) where.add('j.id IN (SELECT job_id FROM job_tags WHERE tag = ?)', filter.tag);
+    if (filter.since !== undefined) where.add('j.created_at >= ?', filter.since);
+    if (filter.until !== undefined) where.add('j.created_at < ?', filter.until);
+    const cursor = filter.cursor ? decodeCursor(filter.cursor) : undefined;
+    if (cursor)
+      where.add(
+        '(j.created_at < ? OR (j.created_at = ? AND j.id < ?))',
+        cursor.createdAt,
+        cursor.createdAt,
+        cursor.id,
+      );
+    const { params } = where;
+    const sql = `SELECT j.* FROM jobs j ${where.sql()}
+      ORDER BY j.created_at DESC, j.id DESC LIMIT ?`;
+    const rows = this.db.prepare(sql).all(...params, filter.limit + 1) as JobRow[];
+    const page = rows.slice(0, filter.limit).map(toJob);
+    const last = page.at(-1);
+    const nextCursor =
+      rows.length > filter.limit && last
+        ? encodeCursor({ createdAt: last.createdAt, id: last.id })
+        : undefined;
+    return nextCursor ? { items: page, nextCursor } : { items: page };
+  }
+
+  async eventsFor(jobIds: readonly string[]): Promise<Map<string, JobEvent[]>> {
+    const byJob = new Map<string, JobEvent[]>(jobIds.map((id) => [id, []]));
+    for (const id of jobIds) {
+      byJob.set(id, (this.statements.eventsOf.all(id) as EventRow[]).map(toEvent));
+    }
+    return byJob;
+  }
+
+  async cancelJob(id: string, now: number): Promise<CancelResult> {
+    return this.db.transaction((): CancelResult => {
+      const row = this.statements.getJob.get(id) as JobRow | undefined;
+      if (!row) return { kind: 'not_found' };
+      const changed = this.statements.cancel.run(now, id).changes;
+      if (changed === 0) return { kind: 'invalid_state', status: row.status };
+      this.addEvent(id, 'cancelled', now, row.attempts, { previous_status: row.status });
+      return { kind: 'cancelled', job: toJob(this.statements.getJob.get(id) as JobRow) };
+    })();
+  }
+
+  async findDueJobs(now: number, limit: number, exclude: ReadonlySet<string>): Promise<DueJob[]> {
+    const due: DueJob[] = [];
+    for (let rank = 0; rank < PRIORITY_BY_RANK.length && due.length < limit; rank++) {
+      const rows = this.statements.dueByPriority.all(rank, now, limit - due.length + exclude.size) as {
+        id: string;
+      }[];
+      for (const { id } of rows) {
+        if (due.length >= limit) break;
+        if (!exclude.has(id)) due.push({ id, priority: PRIORITY_BY_RANK[rank]! });
+      }
+    }
+    return due;
+  }
+
+  async nextDueAt(): Promise<number | undefined> {
+    let next: number | undefined;
+    for (let rank = 0; rank < PRIORITY_BY_RANK.length; rank++) {
+      const row = this.statements.nextDue.get(rank) as { run_at: number } | undefined;
+      if (row && (next === undefined || row.run_at < next)) next = row.run_at;
+    }
+    return next;
+  }
+
+  async claimJobs(requests: readonly ClaimRequest[], now: number): Promise<ClaimResult[]> {
+    return this.db.transaction(() => requests.map((request) => this.claimOne(request, now)))();
+  }
+
+  async recordOutcomes(outcomes: readonly RecordOutcome[], now: number): Promise<boolean[]> {
+    return this.db.transaction(() => outcomes.map((outcome) => this.recordOne(outcome, now)))();
+  }
+
+  async listDeadLetters(filter: DeadLetterFilter): Promise<Job[]> {
+    const { sql, params } = deadLetterQuery('SELECT *', filter);
+    return (
+      this.db
+        .prepare(`${sql} ORDER BY dead_lettered_at DESC LIMIT ?`)
+        .all(...params, filter.limit) as JobRow[]
+    ).map(toJob);
+  }
+
+  async replayDeadLetters(filter: DeadLetterFilter, now: number): Promise<string[]> {
+    return this.db.transaction(() => {
+      const { sql, params } = deadLetterQuery('SELECT id, dead_letter_reason, attempts', filter);
+      const rows = this.db
+        .prepare(`${sql} ORDER BY dead_lettered_at LIMIT ?`)
+        .all(...params, filter.limit) as {
+        id: string;
+        dead_letter_reason: string;
+        attempts: number;
+      }[];
+      for (const row of rows) {
+        this.statements.replay.run(now, now, row.id);
+        this.addEvent(row.id, 'replayed', now, 0, {
+          previous_reason: row.dead_letter_reason,
+          previous_attempts: row.attempts,
+        });
+      }
+      return rows.map((row) => row.id);
+    })();
+  }
+
+  async countActive(): Promise<number> {
+    return (this.statements.countActive.get() as { n: number }).n;
+  }
+
+  async pruneIdempotencyKeys(before: number): Promise<number> {
+    return this.statements.pruneKeys.run(before).changes;
+  }
+
+  private createOne(job: NewJob): CreateJobResult {
+    const claim = job.idempotency;
+    if (claim) {
+      const existing = this.statements.getKey.get(claim.scope, claim.key) as
+        | { request_hash: string; job_id: string; status: JobStatus; created_at: number }
+        | undefined;
+      if (existing && existing.created_at >= claim.notBefore) {
+        return existing.request_hash === claim.requestHash
+          ? { kind: 'duplicate', id: existing.job_id, status: existing.status }
+          : { kind: 'conflict', id: existing.job_id };
+      }
+    }
+    const scheduled = job.sendAt !== undefined && job.sendAt > job.createdAt;
+    const status: JobStatus = scheduled ? 'scheduled' : 'queued';
+    const s = this.statements;
+    s.insertJob.run({
+      id: job.id,
+      status,
+      priority: PRIORITY_RANK[job.priority],
+      run_at: scheduled ? job.sendAt : job.createdAt,
+      send_at: job.sendAt ?? null,
+      message_id: job.messageId,
+      content: JSON.stringify(job.content),
+      tags: JSON.stringify(job.tags),
+      metadata: JSON.stringify(job.metadata),
+      created_at: job.createdAt,
+    });
+    for (const address of recipientsOf(job.content)) s.insertRecipient.run(address, job.id);
+    for (const tag of new Set(job.tags)) s.insertTag.run(tag, job.id);
+    this.addEvent(
+      job.id,
+      status,
+      job.createdAt,
+      0,
+      scheduled ? { send_at: new Date(job.sendAt!).toISOString() } : {},
+    );
+    if (claim) s.upsertKey.run(claim.scope, claim.key, claim.requestHash, job.id, status, job.createdAt);
+    return { kind: 'created', id: job.id, status };
+  }
+
+  private claimOne(request: ClaimRequest, now: number): ClaimResult {
+    const row = this.statements.getJob.get(request.jobId) as JobRow | undefined;
+    if (!row) return { kind: 'not_found' };
+    if (FINISHED.has(row.status)) return { kind: 'finished', status: row.status };
+    if (row.run_at !== null && row.run_at > now)
+      return { kind: 'busy', status: row.status, retryAt: row.run_at };
+    const leaseToken = randomBytes(12).toString('base64url');
+    const attempt = row.attempts + 1;
+    this.statements.claim.run({
+      id: row.id,
+      lease_token: leaseToken,
+      lease_owner: request.workerId,
+      run_at: now + request.leaseMs,
+      now,
+    });
+    const detail: Record<string, unknown> = { worker: request.workerId };
+    if (row.status === 'processing') detail.code = 'LEASE_EXPIRED';
+    this.addEvent(row.id, 'processing', now, attempt, detail);
+    const job = toJob({ ...row, status: 'processing', attempts: attempt, updated_at: now });
+    return { kind: 'claimed', job, leaseToken };
+  }
+
+  private recordOne({ jobId, leaseToken, outcome }: RecordOutcome, now: number): boolean {
+    const row = this.statements.getLease.get(jobId) as
+      | { lease_token: string | null; status: JobStatus; attempts: number }
+      | undefined;
+    if (row?.status !== 'processing' || row.lease_token !== leaseToken) return false;
+    const update = outcomeUpdate(outcome, row.attempts, now);
+    this.statements.settle.run({ ...update, id: jobId, now });
+    const detail = { ...outcome.detail } as Record<string, unknown>;
+    if (outcome.kind === 'deferred') detail.retry_at = new Date(outcome.retryAt).toISOString();
+    this.addEvent(jobId, update.event, now, row.attempts, detail);
+    if (update.dead_letter_reason) {
+      this.addEvent(jobId, 'dead_lettered', now, row.attempts, { reason: update.dead_letter_reason });
+    }
+    return true;
+  }
+
+  private addEvent(jobId: string, type: JobEventType, at: number, attempt: number, detail: object): void {
+    this.statements.insertEvent.run(jobId, type, at, attempt, JSON.stringify(detail));
+  }
+
+  private runMigrations(): void {
+    const current = this.db.pragma('user_version', { simple: true }) as number;
+    for (const migration of MIGRATIONS.filter((m) => m.version > current)) {
+      this.db.transaction(() => {
+        this.db.exec(migration.sql);
+        this.db.pragma(`user_version = ${migration.version}`);
+      })();
+    }
+  }
+
+  private prepare() {
+    const db = this.db;
+    return {
+      getJob: db.prepare('SELECT * FROM jobs WHERE id = ?'),
+      getLease: db.prepare('SELECT lease_token, status, attempts FROM jobs WHERE id = ?'),
+      eventsOf: db.prepare(
+        'SELECT job_id, type, at, attempt, detail FROM job_events WHERE job_id = ? ORDER BY id',
+      ),
+      insertJob: db.prepare(`INSERT INTO jobs
+        (id, status, priority, attempts, run_at, send_at, message_id, content, tags, metadata, created_at, updated_at)
+        VALUES (@id, @status, @priority, 0, @run_at, @send_at, @message_id, @content, @tags, @metadata, @created_at, @created_at)`),
+      insertRecipient: db.prepare('INSERT OR IGNORE INTO job_recipients (address, job_id) VALUES (?, ?)'),
+      insertTag: db.prepare('INSERT OR IGNORE INTO job_tags (tag, job_id) VALUES (?, ?)'),
+      insertEvent: db.prepare(
+        'INSERT INTO job_events (job_id, type, at, attempt, detail) VALUES (?, ?, ?, ?, ?)',
+      ),
+      getKey: db.prepare(
+        'SELECT request_hash, job_id, status, created_at FROM idempotency_keys WHERE scope = ? AND key = ?',
+      ),
+      upsertKey:
+        db.prepare(`INSERT OR REPLACE INTO idempotency_keys (scope, key, request_hash, job_id, status, created_at)
+        VALUES (?, ?, ?, ?, ?, ?)`),
+      pruneKeys: db.prepare('DELETE FROM idempotency_keys WHERE created_at < ?'),
+      cancel: db.prepare(`UPDATE jobs SET status = 'cancelled', run_at = NULL, updated_at = ?
+        WHERE id = ? AND status IN ('queued', 'scheduled', 'deferred')`),
+      dueByPriority: db.prepare(
+        'SELECT id FROM jobs WHERE priority = ? AND run_at <= ? ORDER BY run_at LIMIT ?',
+      ),
+      nextDue: db.prepare(
+        'SELECT run_at FROM jobs WHERE priority = ? AND run_at IS NOT NULL ORDER BY run_at LIMIT 1',
+      ),
+      claim:
+        db.prepare(`UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = @lease_token,
+        lease_owner = @lease_owner, run_at = @run_at, updated_at = @now WHERE id = @id`),
+      settle: db.prepare(`UPDATE jobs SET status = @status, attempts = @attempts, run_at = @run_at,
+        lease_token = NULL, lease_owner = NULL, last_error = COALESCE(@last_error, last_error),
+        dead_letter_reason = @dead_letter_reason, dead_lettered_at = @dead_lettered_at, updated_at = @now
+        WHERE id = @id`),
+      replay:
+        db.prepare(`UPDATE jobs SET status = 'queued', attempts = 0, run_at = ?, dead_letter_reason = NULL,
+        dead_lettered_at = NULL, updated_at = ? WHERE id = ?`),
+      countActive: db.prepare('SELECT count(*) AS n FROM jobs WHERE run_at IS NOT NULL'),
+    };
+  }
+}
+
+class RollbackProbe extends Error {}
+
+function outcomeUpdate(outcome: Outcome, attempts: number, now: number) {
+  const base = { attempts, last_error: null as string | null, dead_letter_reason: null as string | null };
+  const error = outcome.detail.message ?? null;
+  switch (outcome.kind) {
+    case 'sent':
+      return { ...base, event: 'sent' as const, status: 'sent', run_at: null, dead_lettered_at: null };
+    case 'deferred':
+      return {
+        ...base,
+        event: 'deferred' as const,
+        status: 'deferred',
+        run_at: outcome.retryAt,
+        last_error: error,
+        dead_lettered_at: null,
+      };
+    case 'failed':
+      return {
+        ...base,
+        event: 'failed' as const,
+        status: 'failed',
+        run_at: null,
+        last_error: error,
+        dead_letter_reason: outcome.deadLetter ?? null,
+        dead_lettered_at: outcome.deadLetter ? now : null,
+      };
+    case 'released': {
+      const remaining = outcome.attemptSpent ? attempts : attempts - 1;
+      return {
+        ...base,
+        event: 'released' as const,
+        status: remaining === 0 ? 'queued' : 'deferred',
+        attempts: remaining,
+        run_at: now,
+        dead_lettered_at: null,
+      };
+    }
+  }
+}
+
+function deadLetterQuery(select: string, filter: DeadLetterFilter) {
+  const where = new WhereClause();
+  where.add("status = 'failed' AND dead_letter_reason IS NOT NULL");
+  if (filter.reason) where.add('dead_letter_reason = ?', filter.reason);
+  if (filter.since !== undefined) where.add('dead_lettered_at >= ?', filter.since);
+  if (filter.ids) where.add(`id IN (${filter.ids.map(() => '?').join(', ') || 'NULL'})`, ...filter.ids);
+  return { sql: `${select} FROM jobs ${where.sql()}`, params: where.params };
+}
+
+/** Conditions joined with AND, with their parameters in order. */
+class WhereClause {
+  private readonly clauses: string[] = [];
+  readonly params: unknown[] = [];
+
+  add(clause: string, ...values: unknown[]): void {
+    this.clauses.push(clause);
+    this.params.push(...values);
+  }
+
+  sql(): string {
+    return this.clauses.length > 0 ? `WHERE ${this.clauses.join(' AND ')}` : '';
+  }
+}
+
+function recipientsOf(content: EmailContent): Set<string> {
+  return new Set(
+    [...content.to, ...content.cc, ...content.bcc].map((mailbox) => mailbox.address.toLowerCase()),
+  );
+}
+
+function toJob(row: JobRow): Job {
+  return {
+    id: row.id,
+    status: row.status,
+    priority: PRIORITY_BY_RANK[row.priority] ?? 'normal',
+    attempts: row.attempts,
+    content: JSON.parse(row.content) as EmailContent,
+    tags: JSON.parse(row.tags) as string[],
+    metadata: JSON.parse(row.metadata) as Record<string, string>,
+    messageId: row.message_id,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+    ...(row.send_at !== null && { sendAt: row.send_at }),
+    ...(row.last_error !== null && { lastError: row.last_error }),
+    ...(row.dead_letter_reason !== null && { deadLetterReason: row.dead_letter_reason as DeadLetterReason }),
+    ...(row.dead_lettered_at !== null && { deadLetteredAt: row.dead_lettered_at }),
+  };
+}
+
+function toEvent(row: EventRow): JobEvent {
+  return {
+    type: row.type,
+    at: row.at,
+    attempt: row.attempt,
+    detail: JSON.parse(row.detail) as Record<string, unknown>,
+  };
+}

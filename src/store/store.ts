@@ -1,0 +1,147 @@
+/**
+ * The Store port: the durable record of jobs, their history, idempotency keys and dead letters.
+ *
+ * Every method that changes state commits before its promise resolves; an adapter never answers
+ * for a write it has not made durable. Methods take batches where the hot path calls them, so an
+ * adapter can make one round trip (one transaction, one fsync) for many jobs.
+ * No driver type crosses this port: adapters own their connections.
+ */
+import type {
+  DeadLetterReason,
+  Job,
+  JobEvent,
+  JobStatus,
+  JobWithEvents,
+  NewJob,
+  Priority,
+} from '../domain/email.js';
+import type { ComponentHealth } from '../transport/transport.js';
+
+export type CreateJobResult =
+  | { readonly kind: 'created'; readonly id: string; readonly status: JobStatus }
+  /** The idempotency key was seen with the same request: the original job. */
+  | { readonly kind: 'duplicate'; readonly id: string; readonly status: JobStatus }
+  /** The idempotency key was seen with another request. */
+  | { readonly kind: 'conflict'; readonly id: string };
+
+export interface ClaimRequest {
+  readonly jobId: string;
+  readonly workerId: string;
+  /** Lease length in ms: past it, another worker may claim the job. */
+  readonly leaseMs: number;
+}
+
+export type ClaimResult =
+  | { readonly kind: 'claimed'; readonly job: Job; readonly leaseToken: string }
+  | { readonly kind: 'not_found' }
+  /** Already sent, failed or cancelled: a redelivery to acknowledge and drop. */
+  | { readonly kind: 'finished'; readonly status: JobStatus }
+  /** Leased by a worker whose lease has not expired, or not due yet. */
+  | { readonly kind: 'busy'; readonly status: JobStatus; readonly retryAt: number };
+
+/** What a worker learned from one attempt, recorded under its lease. */
+export type Outcome =
+  | { readonly kind: 'sent'; readonly detail: OutcomeDetail }
+  | { readonly kind: 'deferred'; readonly retryAt: number; readonly detail: OutcomeDetail }
+  | {
+      readonly kind: 'failed';
+      readonly detail: OutcomeDetail;
+      /** Set when the job goes to the dead-letter list (replayable). */
+      readonly deadLetter?: DeadLetterReason;
+    }
+  /** The worker gives the job back untried (shutdown): no attempt is spent. */
+  | { readonly kind: 'released'; readonly detail: OutcomeDetail; readonly attemptSpent: boolean };
+
+export interface OutcomeDetail {
+  readonly code?: string;
+  readonly message?: string;
+  readonly smtpCode?: number;
+  readonly response?: string;
+  readonly [key: string]: unknown;
+}
+
+export interface RecordOutcome {
+  readonly jobId: string;
+  readonly leaseToken: string;
+  readonly outcome: Outcome;
+}
+
+export interface JobFilter {
+  readonly status?: JobStatus;
+  readonly to?: string;
+  readonly tag?: string;
+  /** Epoch ms, inclusive. */
+  readonly since?: number;
+  /** Epoch ms, exclusive. */
+  readonly until?: number;
+  readonly limit: number;
+  /** Opaque, from a previous page's `nextCursor`. */
+  readonly cursor?: string;
+}
+
+export interface Page<T> {
+  readonly items: readonly T[];
+  readonly nextCursor?: string;
+}
+
+export interface DeadLetterFilter {
+  readonly reason?: DeadLetterReason;
+  readonly since?: number;
+  readonly ids?: readonly string[];
+  readonly limit: number;
+}
+
+export interface DueJob {
+  readonly id: string;
+  readonly priority: Priority;
+}
+
+export type CancelResult =
+  | { readonly kind: 'cancelled'; readonly job: Job }
+  | { readonly kind: 'not_found' }
+  | { readonly kind: 'invalid_state'; readonly status: JobStatus };
+
+export interface Store {
+  /** Creates tables or brings them up to date. Safe to call on every start. */
+  migrate(): Promise<void>;
+  close(): Promise<void>;
+  health(): Promise<ComponentHealth>;
+
+  /**
+   * Commits new jobs with their first event, in one transaction, honouring idempotency keys.
+   * Results are in the order of `jobs`. Resolves only once the commit is durable.
+   */
+  createJobs(jobs: readonly NewJob[]): Promise<CreateJobResult[]>;
+
+  getJob(id: string): Promise<JobWithEvents | undefined>;
+  /** Newest first. */
+  listJobs(filter: JobFilter): Promise<Page<Job>>;
+  /** The histories of several jobs, oldest event first. */
+  eventsFor(jobIds: readonly string[]): Promise<Map<string, JobEvent[]>>;
+  cancelJob(id: string, now: number): Promise<CancelResult>;
+
+  /**
+   * Jobs a worker may claim now (queued, scheduled and deferred ones that are due, and processing ones
+   * whose lease expired), high priority first, oldest first within a priority.
+   */
+  findDueJobs(now: number, limit: number, exclude: ReadonlySet<string>): Promise<DueJob[]>;
+  /** Epoch ms of the next job to come due, if any: lets a poller sleep until then. */
+  nextDueAt(): Promise<number | undefined>;
+
+  /** Claims jobs for an attempt: spends an attempt, sets `processing` and a lease. One transaction. */
+  claimJobs(requests: readonly ClaimRequest[], now: number): Promise<ClaimResult[]>;
+  /**
+   * Records attempt outcomes. Each is applied only if its lease token is still the job's;
+   * the result is false for a stale worker's late result.
+   */
+  recordOutcomes(outcomes: readonly RecordOutcome[], now: number): Promise<boolean[]>;
+
+  listDeadLetters(filter: DeadLetterFilter): Promise<Job[]>;
+  /** Puts dead letters back in the queue with a fresh attempt budget; keeps id and history. Returns their ids. */
+  replayDeadLetters(filter: DeadLetterFilter, now: number): Promise<string[]>;
+
+  /** How many jobs are queued, scheduled, processing or deferred. */
+  countActive(): Promise<number>;
+  /** Deletes idempotency keys older than `before` (epoch ms). */
+  pruneIdempotencyKeys(before: number): Promise<number>;
+}

@@ -1,0 +1,225 @@
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Broker, Consumer, Delivery } from '../broker/broker.js';
+import type { Job } from '../domain/email.js';
+import { buildMessage } from '../mime/build-message.js';
+import type { ClaimRequest, ClaimResult, Outcome, RecordOutcome, Store } from '../store/store.js';
+import type { OutgoingMessage, Transport } from '../transport/transport.js';
+import { Batcher } from '../util/batcher.js';
+import { decideOutcome, type RetryPolicy } from './decide-outcome.js';
+
+export interface WorkerOptions extends RetryPolicy {
+  readonly leaseMs: number;
+  /** Deliveries in flight at once (claim, build, send, record). */
+  readonly concurrency: number;
+}
+
+interface InFlight {
+  readonly jobId: string;
+  leaseToken?: string;
+  /** The message was handed to the transport: the relay may have it even if we never hear back. */
+  sending: boolean;
+  /** Set once an outcome was recorded (or given up on at shutdown). */
+  done: boolean;
+  readonly finished: Promise<void>;
+}
+
+/** Largest batch of claims or outcomes written in one transaction. */
+const MAX_BATCH = 256;
+
+/**
+ * Takes deliveries from the broker and drives each job through one attempt: claim under a lease,
+ * build the message, send it, record the outcome, then settle the delivery. Claims and outcomes of
+ * deliveries in flight together are written in batches.
+ */
+export class Worker {
+  readonly id = `worker-${randomUUID().slice(0, 8)}`;
+  private consumer: Consumer | undefined;
+  private stopping = false;
+  private readonly inFlight = new Map<Delivery, InFlight>();
+  private readonly claims: Batcher<ClaimRequest, ClaimResult>;
+  private readonly outcomes: Batcher<RecordOutcome, boolean>;
+
+  constructor(
+    private readonly store: Store,
+    private readonly broker: Broker,
+    private readonly transport: Transport,
+    private readonly options: WorkerOptions,
+    private readonly logger: Logger,
+  ) {
+    this.claims = new Batcher((requests) => this.store.claimJobs(requests, Date.now()), MAX_BATCH);
+    this.outcomes = new Batcher((outcomes) => this.store.recordOutcomes(outcomes, Date.now()), MAX_BATCH);
+  }
+
+  get running(): boolean {
+    return this.consumer !== undefined && !this.stopping;
+  }
+
+  get activeCount(): number {
+    return this.inFlight.size;
+  }
+
+  async start(): Promise<void> {
+    this.consumer = await this.broker.consume((delivery) => this.accept(delivery), {
+      prefetch: this.options.concurrency,
+    });
+    this.logger.info({ worker: this.id, concurrency: this.options.concurrency }, 'worker started');
+  }
+
+  /**
+   * Stops taking work, lets sends in flight finish for up to `timeoutMs`, then gives the rest back
+   * to the Store (released, to be claimed again on the next start).
+   */
+  async stop(timeoutMs: number): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    await this.consumer?.stop();
+    const all = Promise.all([...this.inFlight.values()].map((entry) => entry.finished));
+    const timedOut = await Promise.race([
+      all.then(() => false),
+      new Promise<boolean>((resolve) => setTimeout(() => resolve(true), timeoutMs).unref()),
+    ]);
+    if (timedOut) await this.releaseUnfinished();
+    this.logger.info({ worker: this.id, timedOut }, 'worker stopped');
+  }
+
+  private accept(delivery: Delivery): void {
+    let resolveFinished!: () => void;
+    const entry: InFlight = {
+      jobId: delivery.message.jobId,
+      sending: false,
+      done: false,
+      finished: new Promise<void>((resolve) => {
+        resolveFinished = resolve;
+      }),
+    };
+    this.inFlight.set(delivery, entry);
+    this.process(delivery, entry)
+      .catch((error: unknown) => {
+        // The Store refused a write: leave the delivery unsettled; the lease brings the job back.
+        this.logger.error({ err: error, job_id: entry.jobId }, 'worker: could not process delivery');
+      })
+      .finally(() => {
+        this.inFlight.delete(delivery);
+        resolveFinished();
+      });
+  }
+
+  private async process(delivery: Delivery, entry: InFlight): Promise<void> {
+    const jobId = entry.jobId;
+    const claim = await this.claims.add({ jobId, workerId: this.id, leaseMs: this.options.leaseMs });
+    if (claim.kind !== 'claimed') return this.settleUnclaimed(delivery, claim);
+    entry.leaseToken = claim.leaseToken;
+    const job = claim.job;
+    const log = this.logger.child({ job_id: jobId, attempt: job.attempts });
+
+    if (this.stopping) {
+      await this.record(
+        entry,
+        { kind: 'released', attemptSpent: false, detail: { reason: 'shutdown' } },
+        log,
+      );
+      return delivery.ack();
+    }
+    if (job.attempts > this.options.maxAttempts) {
+      // A worker died holding this job on its last attempt: never try more than promised.
+      const outcome: Outcome = {
+        kind: 'failed',
+        deadLetter: 'max_attempts',
+        detail: {
+          code: 'MAX_ATTEMPTS',
+          message: 'attempts exhausted: the last worker stopped answering (lease expired)',
+        },
+      };
+      if (await this.record(entry, outcome, log))
+        await delivery.deadLetter('max_attempts', outcome.detail.message);
+      return;
+    }
+    let message: OutgoingMessage;
+    try {
+      message = await buildMessage(job);
+    } catch (error) {
+      return this.failInvalid(delivery, entry, job, error as Error, log);
+    }
+    entry.sending = true;
+    const result = await this.transport.send(message);
+    const outcome = decideOutcome(result, job.attempts, this.options, Date.now());
+    if (!(await this.record(entry, outcome, log))) return delivery.ack();
+    await this.settle(delivery, outcome);
+  }
+
+  private async settleUnclaimed(
+    delivery: Delivery,
+    claim: Exclude<ClaimResult, { kind: 'claimed' }>,
+  ): Promise<void> {
+    if (claim.kind === 'busy' && claim.status !== 'processing') {
+      // Not due yet (scheduled or deferred): bring the message back when it is.
+      return delivery.retryLater(Math.max(0, claim.retryAt - Date.now()));
+    }
+    if (claim.kind === 'not_found') {
+      this.logger.warn({ job_id: delivery.message.jobId }, 'worker: delivery for an unknown job, dropped');
+    }
+    // Finished, or leased by a live worker who will record it: this redelivery is a no-op.
+    return delivery.ack();
+  }
+
+  private async settle(delivery: Delivery, outcome: Outcome): Promise<void> {
+    switch (outcome.kind) {
+      case 'deferred':
+        return delivery.retryLater(Math.max(0, outcome.retryAt - Date.now()));
+      case 'failed':
+        return outcome.deadLetter
+          ? delivery.deadLetter(outcome.deadLetter, String(outcome.detail.message ?? ''))
+          : delivery.ack();
+      default:
+        return delivery.ack();
+    }
+  }
+
+  private async failInvalid(
+    delivery: Delivery,
+    entry: InFlight,
+    job: Job,
+    error: Error,
+    log: Logger,
+  ): Promise<void> {
+    log.error({ err: error, job_id: job.id }, 'job cannot be built into a message: dead-lettered');
+    const outcome: Outcome = {
+      kind: 'failed',
+      deadLetter: 'invalid_message',
+      detail: { code: 'MESSAGE_BUILD_FAILED', message: error.message.slice(0, 500) },
+    };
+    if (await this.record(entry, outcome, log)) await delivery.deadLetter('invalid_message', error.message);
+  }
+
+  /** Records an outcome under the entry's lease; false when the lease was lost (a stale result). */
+  private async record(entry: InFlight, outcome: Outcome, log: Logger): Promise<boolean> {
+    if (entry.done || !entry.leaseToken) return false;
+    entry.done = true;
+    const accepted = await this.outcomes.add({ jobId: entry.jobId, leaseToken: entry.leaseToken, outcome });
+    if (!accepted)
+      log.warn({ outcome: outcome.kind }, 'result rejected: the lease was lost to another worker');
+    else if (outcome.kind === 'sent') log.debug({ response: outcome.detail.response }, 'sent');
+    else
+      log.info(
+        { outcome: outcome.kind, code: outcome.detail.code, error: outcome.detail.message },
+        outcome.kind,
+      );
+    return accepted;
+  }
+
+  /** Shutdown deadline passed: give every claimed, unfinished job back so the next start takes it. */
+  private async releaseUnfinished(): Promise<void> {
+    const pending = [...this.inFlight.values()].filter((entry) => !entry.done && entry.leaseToken);
+    await Promise.all(
+      pending.map((entry) =>
+        this.record(
+          entry,
+          // A send in progress may already have reached the relay: that attempt counts.
+          { kind: 'released', attemptSpent: entry.sending, detail: { reason: 'shutdown_timeout' } },
+          this.logger.child({ job_id: entry.jobId }),
+        ),
+      ),
+    );
+  }
+}
