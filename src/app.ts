@@ -11,7 +11,7 @@ import { sqlitePath } from './config/load-config.js';
 import { parseMailbox } from './domain/validate-email.js';
 import { MailroomError } from './errors.js';
 import { DevInbox } from './inbox/dev-inbox.js';
-import { SqliteStore } from './store/sqlite/sqlite-store.js';
+import { ThreadedSqliteStore } from './store/sqlite/threaded-sqlite-store.js';
 import type { Store } from './store/store.js';
 import { SmtpTransport } from './transport/smtp/smtp-transport.js';
 import type { Transport } from './transport/transport.js';
@@ -52,7 +52,8 @@ export async function buildApp(
       `Invalid configuration:\n  MAILROOM_FROM=${JSON.stringify(config.from)}: ${defaultFrom.message}`,
     );
   }
-  const store: Store = new SqliteStore(sqlitePath(config));
+  const store: Store = new ThreadedSqliteStore(sqlitePath(config));
+  await store.migrate();
   const broker: Broker = new EmbeddedBroker(store, { pollIntervalMs: config.pollIntervalMs, logger });
   const inbox =
     config.smtpUrl === undefined

@@ -59,14 +59,26 @@ interface EventRow {
 
 const FINISHED: ReadonlySet<JobStatus> = new Set(['sent', 'failed', 'cancelled']);
 
+/** How often commits made without fsync are forced to disk (see `commitLight`). */
+const LIGHT_SYNC_INTERVAL_MS = 1000;
+
 /**
- * The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a commit is on disk
- * before any promise resolves. better-sqlite3 is synchronous; each batch is one short transaction,
- * which is why callers hand it batches.
+ * The embedded store: one SQLite file in WAL mode. better-sqlite3 is synchronous; each batch is one
+ * short transaction, which is why callers hand it batches.
+ *
+ * Two levels of durability, chosen per write:
+ * - new jobs, cancels and replays commit with `synchronous=FULL`: fsync'd before the promise
+ *   resolves, so a 202 survives power loss;
+ * - claims and attempt outcomes commit with `synchronous=NORMAL`: in WAL mode that survives a crash
+ *   of the process (the bytes are in the OS), and reaches the disk with the next FULL commit or within
+ *   LIGHT_SYNC_INTERVAL_MS. An fsync per claim and per outcome would block the event loop for most of
+ *   its time. What power loss can cost is written in docs/failure-modes.md.
  */
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly statements: ReturnType<SqliteStore['prepare']>;
+  private unsynced = false;
+  private readonly syncTimer: NodeJS.Timeout;
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -76,6 +88,8 @@ export class SqliteStore implements Store {
     this.db.pragma('busy_timeout = 5000');
     this.runMigrations();
     this.statements = this.prepare();
+    this.syncTimer = setInterval(() => this.syncLightCommits(), LIGHT_SYNC_INTERVAL_MS);
+    this.syncTimer.unref();
   }
 
   async migrate(): Promise<void> {
@@ -83,7 +97,10 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
-    if (this.db.open) this.db.close();
+    clearInterval(this.syncTimer);
+    if (!this.db.open) return;
+    this.syncLightCommits();
+    this.db.close();
   }
 
   async health(): Promise<ComponentHealth> {
@@ -102,7 +119,7 @@ export class SqliteStore implements Store {
   }
 
   async createJobs(jobs: readonly NewJob[]): Promise<CreateJobResult[]> {
-    return this.db.transaction(() => jobs.map((job) => this.createOne(job)))();
+    return this.commitDurable(() => jobs.map((job) => this.createOne(job)));
   }
 
   async getJob(id: string): Promise<(Job & { events: JobEvent[] }) | undefined> {
@@ -150,14 +167,14 @@ export class SqliteStore implements Store {
   }
 
   async cancelJob(id: string, now: number): Promise<CancelResult> {
-    return this.db.transaction((): CancelResult => {
+    return this.commitDurable((): CancelResult => {
       const row = this.statements.getJob.get(id) as JobRow | undefined;
       if (!row) return { kind: 'not_found' };
       const changed = this.statements.cancel.run(now, id).changes;
       if (changed === 0) return { kind: 'invalid_state', status: row.status };
       this.addEvent(id, 'cancelled', now, row.attempts, { previous_status: row.status });
       return { kind: 'cancelled', job: toJob(this.statements.getJob.get(id) as JobRow) };
-    })();
+    });
   }
 
   async findDueJobs(now: number, limit: number, exclude: ReadonlySet<string>): Promise<DueJob[]> {
@@ -184,11 +201,11 @@ export class SqliteStore implements Store {
   }
 
   async claimJobs(requests: readonly ClaimRequest[], now: number): Promise<ClaimResult[]> {
-    return this.db.transaction(() => requests.map((request) => this.claimOne(request, now)))();
+    return this.commitLight(() => requests.map((request) => this.claimOne(request, now)));
   }
 
   async recordOutcomes(outcomes: readonly RecordOutcome[], now: number): Promise<boolean[]> {
-    return this.db.transaction(() => outcomes.map((outcome) => this.recordOne(outcome, now)))();
+    return this.commitLight(() => outcomes.map((outcome) => this.recordOne(outcome, now)));
   }
 
   async listDeadLetters(filter: DeadLetterFilter): Promise<Job[]> {
@@ -201,7 +218,7 @@ export class SqliteStore implements Store {
   }
 
   async replayDeadLetters(filter: DeadLetterFilter, now: number): Promise<string[]> {
-    return this.db.transaction(() => {
+    return this.commitDurable(() => {
       const { sql, params } = deadLetterQuery('SELECT id, dead_letter_reason, attempts', filter);
       const rows = this.db
         .prepare(`${sql} ORDER BY dead_lettered_at LIMIT ?`)
@@ -218,7 +235,7 @@ export class SqliteStore implements Store {
         });
       }
       return rows.map((row) => row.id);
-    })();
+    });
   }
 
   async countActive(): Promise<number> {
@@ -305,6 +322,29 @@ export class SqliteStore implements Store {
       this.addEvent(jobId, 'dead_lettered', now, row.attempts, { reason: update.dead_letter_reason });
     }
     return true;
+  }
+
+  /** Runs `work` in a transaction whose commit is fsync'd before this returns. */
+  private commitDurable<T>(work: () => T): T {
+    this.db.pragma('synchronous = FULL');
+    const result = this.db.transaction(work)();
+    this.unsynced = false;
+    return result;
+  }
+
+  /** Runs `work` in a transaction that survives a process crash; fsync follows within a second. */
+  private commitLight<T>(work: () => T): T {
+    this.db.pragma('synchronous = NORMAL');
+    const result = this.db.transaction(work)();
+    this.unsynced = true;
+    return result;
+  }
+
+  private syncLightCommits(): void {
+    if (!this.unsynced || !this.db.open) return;
+    // A checkpoint fsyncs the WAL (and then the database file) in synchronous=NORMAL.
+    this.db.pragma('wal_checkpoint(PASSIVE)');
+    this.unsynced = false;
   }
 
   private addEvent(jobId: string, type: JobEventType, at: number, attempt: number, detail: object): void {

@@ -1,0 +1,92 @@
+import { extname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import type { Store } from '../store.js';
+import type { StoreCall, StoreReply } from './sqlite-store-thread.js';
+
+/**
+ * Built, the thread's file is .js. Run from source (tests, `tsx`), it is .ts, and the thread must
+ * register tsx's loader itself: Node 20 does not pass `--import` hooks on to worker threads.
+ */
+function startThread(path: string): Worker {
+  const extension = extname(fileURLToPath(import.meta.url));
+  const script = new URL(`./sqlite-store-thread${extension}`, import.meta.url);
+  if (extension !== '.ts') return new Worker(script, { workerData: { path } });
+  const bootstrap = `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(script.href)}); });`;
+  return new Worker(bootstrap, { eval: true, workerData: { path } });
+}
+
+type Pending = { resolve: (value: unknown) => void; reject: (error: Error) => void };
+
+/**
+ * The SQLite store behind the Store port, run in its own thread (see sqlite-store-thread.ts).
+ * better-sqlite3 blocks while SQLite works and while the disk syncs; here that blocks the store's
+ * thread, not the event loop that answers HTTP and talks SMTP. Calls are batches already, so one
+ * message each way per batch is all the threading costs.
+ */
+export class ThreadedSqliteStore implements Store {
+  private readonly worker: Worker;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 0;
+  private failure: Error | undefined;
+
+  constructor(path: string) {
+    this.worker = startThread(path);
+    this.worker.on('message', (reply: StoreReply) => this.settle(reply));
+    this.worker.on('error', (error) => this.failAll(error));
+    this.worker.on('exit', (code) => this.failAll(new Error(`the store thread exited (code ${code})`)));
+  }
+
+  async close(): Promise<void> {
+    if (this.failure) return;
+    // Closing inside the thread syncs outstanding light commits before the thread ends.
+    await this.call('close', []);
+    await this.worker.terminate();
+  }
+
+  migrate = () => this.call('migrate', []) as ReturnType<Store['migrate']>;
+  health = () => this.call('health', []) as ReturnType<Store['health']>;
+  createJobs: Store['createJobs'] = (...args) =>
+    this.call('createJobs', args) as ReturnType<Store['createJobs']>;
+  getJob: Store['getJob'] = (...args) => this.call('getJob', args) as ReturnType<Store['getJob']>;
+  listJobs: Store['listJobs'] = (...args) => this.call('listJobs', args) as ReturnType<Store['listJobs']>;
+  eventsFor: Store['eventsFor'] = (...args) => this.call('eventsFor', args) as ReturnType<Store['eventsFor']>;
+  cancelJob: Store['cancelJob'] = (...args) => this.call('cancelJob', args) as ReturnType<Store['cancelJob']>;
+  findDueJobs: Store['findDueJobs'] = (...args) =>
+    this.call('findDueJobs', args) as ReturnType<Store['findDueJobs']>;
+  nextDueAt: Store['nextDueAt'] = () => this.call('nextDueAt', []) as ReturnType<Store['nextDueAt']>;
+  claimJobs: Store['claimJobs'] = (...args) => this.call('claimJobs', args) as ReturnType<Store['claimJobs']>;
+  recordOutcomes: Store['recordOutcomes'] = (...args) =>
+    this.call('recordOutcomes', args) as ReturnType<Store['recordOutcomes']>;
+  listDeadLetters: Store['listDeadLetters'] = (...args) =>
+    this.call('listDeadLetters', args) as ReturnType<Store['listDeadLetters']>;
+  replayDeadLetters: Store['replayDeadLetters'] = (...args) =>
+    this.call('replayDeadLetters', args) as ReturnType<Store['replayDeadLetters']>;
+  countActive: Store['countActive'] = () => this.call('countActive', []) as ReturnType<Store['countActive']>;
+  pruneIdempotencyKeys: Store['pruneIdempotencyKeys'] = (...args) =>
+    this.call('pruneIdempotencyKeys', args) as ReturnType<Store['pruneIdempotencyKeys']>;
+
+  private call(method: string, args: unknown[]): Promise<unknown> {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      const call: StoreCall = { id, method, args };
+      this.worker.postMessage(call);
+    });
+  }
+
+  private settle(reply: StoreReply): void {
+    const pending = this.pending.get(reply.id);
+    if (!pending) return;
+    this.pending.delete(reply.id);
+    if (reply.ok) pending.resolve(reply.result);
+    else pending.reject(Object.assign(new Error(reply.error.message), reply.error));
+  }
+
+  private failAll(error: Error): void {
+    this.failure ??= error;
+    for (const pending of this.pending.values()) pending.reject(error);
+    this.pending.clear();
+  }
+}
