@@ -137,7 +137,7 @@ export class Worker {
     }
     let message: OutgoingMessage;
     try {
-      message = await buildMessage(job);
+      message = buildMessage(job);
     } catch (error) {
       return this.failInvalid(delivery, entry, job, error as Error, log);
     }
