@@ -33,6 +33,8 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
     return503OnClosing: true,
     forceCloseConnections: 'idle',
   });
+  // Only JSON bodies: fastify's default text/plain parser would hand a string to the routes (400, not 415).
+  app.removeContentTypeParser('text/plain');
   configureValidation(app);
   app.setErrorHandler(handleError);
   app.setNotFoundHandler((request, reply) => {
