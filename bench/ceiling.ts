@@ -48,15 +48,16 @@ export async function measureTransportCeiling(options: CeilingOptions): Promise<
   });
   const prebuilt = await Promise.all(
     Array.from({ length: 100 }, (_, i) =>
-      new MailComposer({
-        from: 'Mailroom Bench <bench@example.com>',
-        to: `rcpt${i}@example.com`,
-        subject: `ceiling message ${i}`,
-        text: `Hello,\n\nThis is ceiling message ${i}.\n\n-- \nMailroom`,
-        html: `<p>Hello,</p><p>This is <b>ceiling</b> message ${i}.</p>`,
-      })
-        .compile()
-        .build(),
+      (async () => {
+        const node = new MailComposer({
+          from: 'Mailroom Bench <bench@example.com>',
+          to: `rcpt${i}@example.com`,
+          subject: `ceiling message ${i}`,
+          text: `Hello,\n\nThis is ceiling message ${i}.\n\n-- \nMailroom`,
+          html: `<p>Hello,</p><p>This is <b>ceiling</b> message ${i}.</p>`,
+        }).compile();
+        return { raw: await node.build(), messageId: node.messageId() };
+      })(),
     ),
   );
 
@@ -73,7 +74,9 @@ export async function measureTransportCeiling(options: CeilingOptions): Promise<
         const i = next++;
         await transport.sendMail({
           envelope: { from: 'bench@example.com', to: [`rcpt${i % 100}@example.com`] },
-          raw: prebuilt[i % 100]!,
+          raw: prebuilt[i % 100]!.raw,
+          // As Mailroom's transport does: no random Message-ID invented for a raw message.
+          messageId: prebuilt[i % 100]!.messageId,
         });
       }
     };

@@ -44,6 +44,8 @@ export interface OpenLoopResult {
 /** Requests sent at once when the timer fires late, before yielding to let responses in. */
 const MAX_BURST = 20;
 const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
+/** How late past the end of the schedule the last requests may still be sent. */
+const GENERATOR_GRACE_MS = 100;
 
 /**
  * Fires POSTs on a fixed schedule, request i at start + i / rate, whatever the server's pace: a slow
@@ -129,7 +131,8 @@ export async function runOpenLoop(options: OpenLoopOptions): Promise<OpenLoopRes
   await new Promise<void>((resolve) => {
     const tick = (): void => {
       const elapsed = performance.now() - start;
-      if (elapsed >= options.durationMs) {
+      // Requests still due at the end may go a little late; a generator that far behind stops.
+      if (elapsed >= options.durationMs + GENERATOR_GRACE_MS) {
         resolve();
         return;
       }

@@ -44,7 +44,12 @@ test('text and html become multipart/alternative that a real parser reads back e
   assert.equal(parsed.date?.toISOString(), '2026-11-23T09:30:00.000Z');
   assert.match(
     raw.toString(),
-    /^Content-Type: multipart\/alternative;\r\n boundary="--_mailroom_[0-9a-f]{24}"\r$/m,
+    /^Content-Type: multipart\/alternative;\r\n boundary="--_mailroom_0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"\r$/m,
+  );
+  assert.deepEqual(
+    composeMime(job({ text, html })),
+    composeMime(job({ text, html })),
+    'same job, same bytes',
   );
   assert.doesNotMatch(raw.toString().replace(/\r\n/g, ''), /\n/, 'every line ends in CRLF');
 });
@@ -94,4 +99,15 @@ test('display names with quotes and backslashes are quoted safely', async () => 
   const replyTo = parsed.replyTo && !Array.isArray(parsed.replyTo) ? parsed.replyTo.value[0] : undefined;
   assert.equal(replyTo?.address, 'help@acme.test');
   assert.equal(replyTo?.name, 'Acme "Help" \\ Desk');
+});
+
+test('a body that contains the boundary made from the job id gets a random boundary instead', async () => {
+  const text = 'a line with ----_mailroom_0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b in it';
+  const html = '<p>----_mailroom_0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b--</p>';
+  const raw = composeMime(job({ text, html }));
+  const boundary = /boundary="([^"]+)"/.exec(raw.toString())?.[1] ?? '';
+  assert.match(boundary, /^--_mailroom_[0-9a-f]{32}$/);
+  const parsed = await simpleParser(raw);
+  assert.equal(parsed.text, text);
+  assert.equal(parsed.html, html);
 });
