@@ -26,6 +26,29 @@ interface InFlight {
 
 /** Largest batch of claims or outcomes written in one transaction. */
 const MAX_BATCH = 256;
+/** After a Store error, how long a delivery waits before it is given back to the broker. */
+const STORE_ERROR_PAUSE_MS = 1000;
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
+
+/** A view of `delivery` whose first settling call wins; later ones do nothing. */
+function settleOnce(delivery: Delivery): Delivery {
+  let settled = false;
+  const guard =
+    <A extends unknown[]>(settle: (...args: A) => Promise<void>) =>
+    async (...args: A): Promise<void> => {
+      if (settled) return;
+      settled = true;
+      await settle(...args);
+    };
+  return {
+    message: delivery.message,
+    deliveryCount: delivery.deliveryCount,
+    ack: guard(() => delivery.ack()),
+    retryLater: guard((delayMs: number) => delivery.retryLater(delayMs)),
+    deadLetter: guard((reason, error) => delivery.deadLetter(reason, error)),
+  };
+}
 
 /**
  * Takes deliveries from the broker and drives each job through one attempt: claim under a lease,
@@ -93,16 +116,28 @@ export class Worker {
         resolveFinished = resolve;
       }),
     };
+    const once = settleOnce(delivery);
     this.inFlight.set(delivery, entry);
-    this.process(delivery, entry)
-      .catch((error: unknown) => {
-        // The Store refused a write: leave the delivery unsettled; the lease brings the job back.
-        this.logger.error({ err: error, job_id: entry.jobId }, 'worker: could not process delivery');
-      })
+    this.process(once, entry)
+      .catch((error: unknown) => this.afterStoreError(once, entry, error))
       .finally(() => {
         this.inFlight.delete(delivery);
         resolveFinished();
       });
+  }
+
+  /**
+   * A Store read or write threw (disk full, I/O error, the store thread gone). The job's state in the
+   * Store is whatever last committed: unclaimed, or claimed under a lease that will expire. Settle the
+   * delivery so the broker frees its slot and offers the job again, but only after a pause, so that a
+   * failing Store is not hammered in a tight loop; the slot stays taken meanwhile, which slows intake.
+   */
+  private async afterStoreError(delivery: Delivery, entry: InFlight, error: unknown): Promise<void> {
+    this.logger.error({ err: error, job_id: entry.jobId }, 'worker: store error, the job will be retried');
+    if (!this.stopping) await sleep(STORE_ERROR_PAUSE_MS);
+    await delivery.retryLater(0).catch((settleError: unknown) => {
+      this.logger.error({ err: settleError, job_id: entry.jobId }, 'worker: could not settle delivery');
+    });
   }
 
   private async process(delivery: Delivery, entry: InFlight): Promise<void> {
