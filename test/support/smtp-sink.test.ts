@@ -63,6 +63,7 @@ describe('SmtpSink', () => {
 
   beforeEach(async () => {
     sink.onMessage = undefined;
+    sink.delayMs = 1000;
     await sink.reset();
   });
 
@@ -150,6 +151,53 @@ describe('SmtpSink', () => {
     assert.equal(sink.messages()[0]?.messageId, info.messageId);
   });
 
+  test('delay answers 250 after delayMs and records the message only then', async () => {
+    sink.delayMs = 300;
+    await sink.setBehaviour('delay');
+    const started = Date.now();
+    const pending = send(sink.port);
+    await sink.waitForAttempts('delay', 1, 2_000);
+    assert.equal(sink.messages().length, 0, 'recorded before the 250');
+
+    const info = await pending;
+    assert.match(info.response, /^250 /);
+    assert.ok(Date.now() - started >= 300, 'answered before the delay was over');
+    assert.equal(sink.messages()[0]?.messageId, info.messageId);
+    assert.equal(sink.attempts.delay, 1);
+    assert.equal(sink.attempts.accept, 1);
+  });
+
+  test('delayed transactions run in parallel and keep their answer when the behaviour changes', async () => {
+    sink.delayMs = 300;
+    await sink.setBehaviour('delay');
+    const pending = Promise.all([send(sink.port), send(sink.port)]);
+    await sink.waitForAttempts('delay', 2, 2_000);
+    await sink.setBehaviour('permfail');
+
+    const infos = await pending;
+    assert.deepEqual(
+      infos.map((info) => info.response.slice(0, 3)),
+      ['250', '250'],
+    );
+    assert.equal(sink.messages().length, 2);
+  });
+
+  test('a client that leaves during the delay is not recorded', async () => {
+    sink.delayMs = 500;
+    await sink.setBehaviour('delay');
+    const failure = await sendFailure(sink.port, { socketTimeout: 250 });
+    assert.equal(failure.code, 'ETIMEDOUT');
+    assert.equal(sink.attempts.delay, 1, 'the message was in and waiting when the client gave up');
+    // Sent after the first one gave up, so answered after the first one's delay was over too.
+    const info = await send(sink.port);
+
+    assert.deepEqual(
+      sink.messages().map((message) => message.messageId),
+      [info.messageId],
+    );
+    assert.equal(sink.attempts.delay, 2);
+  });
+
   test('drop destroys the connection: nodemailer reports ECONNECTION and no responseCode', async () => {
     await sink.setBehaviour('drop');
     const failure = await sendFailure(sink.port);
@@ -222,6 +270,7 @@ describe('SmtpSink', () => {
       permfail: 1,
       'permfail-data': 0,
       stall: 0,
+      delay: 0,
       drop: 0,
       refuse: 0,
     });
@@ -283,6 +332,21 @@ describe('SmtpSink.close', () => {
     assert.ok(Date.now() - started < 2_000, 'close did not wait for the stalled client');
     assert.equal(failure.code, 'ECONNECTION');
     await waiting;
+  });
+
+  test('releases a delayed transaction at once and never records it', async () => {
+    const sink = new SmtpSink({ behaviour: 'delay', delayMs: 30_000 });
+    await sink.start();
+    const pending = sendFailure(sink.port, { socketTimeout: 30_000 });
+    await sink.waitForAttempts('delay', 1, 2_000);
+
+    const started = Date.now();
+    await sink.close();
+    const failure = await pending;
+
+    assert.ok(Date.now() - started < 2_000, 'close waited for the delay');
+    assert.equal(failure.code, 'ECONNECTION');
+    assert.equal(sink.messages().length, 0);
   });
 
   test('closes while refusing', async () => {

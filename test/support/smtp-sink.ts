@@ -10,6 +10,9 @@ import { SMTPServer } from 'smtp-server';
  * - `permfail`: 550 5.1.1 at RCPT TO.
  * - `permfail-data`: 554 5.7.1 at the end of DATA.
  * - `stall`: the end of DATA is never answered until the behaviour changes or the sink closes.
+ * - `delay`: a slow relay. The end of DATA is answered 250 after `delayMs`, and the message is
+ *   recorded then, unless the client has gone by that time. Counted as `delay` when the wait starts
+ *   (so `waitForAttempts('delay', n)` means n sends are in progress) and as `accept` once answered.
  * - `drop`: the socket is destroyed once the message is in, before any reply.
  * - `refuse`: the sink stops listening and drops every open connection, so connections are refused.
  *   Returned by a behaviour function for one transaction, it destroys that connection at RCPT TO.
@@ -21,6 +24,7 @@ export type SinkBehaviour =
   | 'permfail'
   | 'permfail-data'
   | 'stall'
+  | 'delay'
   | 'drop'
   | 'refuse';
 
@@ -47,6 +51,8 @@ export interface SmtpSinkOptions {
   /** 0 (the default) picks a free port. */
   readonly port?: number;
   readonly behaviour?: SinkBehaviourSetting;
+  /** How long 'delay' waits before answering; default 1000 ms. */
+  readonly delayMs?: number;
   readonly onMessage?: (message: SinkMessage) => void;
 }
 
@@ -57,6 +63,7 @@ export const SINK_BEHAVIOURS: readonly SinkBehaviour[] = [
   'permfail',
   'permfail-data',
   'stall',
+  'delay',
   'drop',
   'refuse',
 ];
@@ -78,11 +85,17 @@ interface Transaction {
   dataBehaviour: SinkBehaviour | undefined;
 }
 
-interface Stalled {
+/** A mail transaction whose message is in, waiting for the sink to answer the end of DATA. */
+interface PendingAnswer {
   readonly session: SMTPServerSession;
   readonly context: SinkContext;
   readonly raw: Buffer;
   readonly callback: DataCallback;
+}
+
+interface Delayed {
+  readonly pending: PendingAnswer;
+  readonly timer: NodeJS.Timeout;
 }
 
 interface Waiter {
@@ -104,6 +117,7 @@ function emptyAttempts(): Record<SinkBehaviour, number> {
     permfail: 0,
     'permfail-data': 0,
     stall: 0,
+    delay: 0,
     drop: 0,
     refuse: 0,
   };
@@ -120,6 +134,8 @@ export function extractMessageId(raw: Buffer): string {
 /** A controllable SMTP server on 127.0.0.1 for integration tests. */
 export class SmtpSink {
   onMessage: ((message: SinkMessage) => void) | undefined;
+  /** How long 'delay' waits before answering 250; applies to transactions that start waiting after a change. */
+  delayMs: number;
 
   private readonly server: SMTPServer;
   private readonly requestedPort: number;
@@ -132,13 +148,15 @@ export class SmtpSink {
   private received: SinkMessage[] = [];
   private counts = emptyAttempts();
   private readonly transactions = new Map<string, Transaction>();
-  private readonly stalled = new Set<Stalled>();
+  private readonly stalled = new Set<PendingAnswer>();
+  private readonly delayed = new Set<Delayed>();
   private readonly sockets = new Map<number, Socket>();
   private readonly waiters = new Set<Waiter>();
 
   constructor(options: SmtpSinkOptions = {}) {
     this.requestedPort = options.port ?? 0;
     this.behaviour = options.behaviour ?? 'accept';
+    this.delayMs = options.delayMs ?? 1000;
     this.onMessage = options.onMessage;
     this.server = new SMTPServer({
       disabledCommands: ['STARTTLS'],
@@ -179,7 +197,8 @@ export class SmtpSink {
 
   /**
    * Changes how the next transactions are answered. Stalled transactions are answered again with the
-   * new behaviour. Await it when switching to or from 'refuse': the listener stops or starts then.
+   * new behaviour; delayed ones keep their answer (250 when their delay is over). Await it when
+   * switching to or from 'refuse': the listener stops or starts then.
    */
   setBehaviour(behaviour: SinkBehaviourSetting): Promise<void> {
     if (this.closed) return Promise.reject(new Error('SmtpSink: closed'));
@@ -233,18 +252,26 @@ export class SmtpSink {
 
   /**
    * Forgets recorded messages and counters, restarts the sequence and goes back to 'accept'.
-   * Stalled transactions are dropped so nothing from before lands after the reset.
+   * Stalled and delayed transactions are dropped so nothing from before lands after the reset.
    */
   reset(): Promise<void> {
     for (const stall of this.stalled) this.sockets.get(stall.session.remotePort)?.destroy();
     this.stalled.clear();
+    for (const { pending, timer } of this.delayed) {
+      clearTimeout(timer);
+      this.sockets.get(pending.session.remotePort)?.destroy();
+    }
+    this.delayed.clear();
     this.received = [];
     this.counts = emptyAttempts();
     this.sequence = 0;
     return this.setBehaviour('accept');
   }
 
-  /** Stops the sink: open connections are destroyed, stalled transactions released, waiters rejected. */
+  /**
+   * Stops the sink: open connections are destroyed, stalled and delayed transactions released,
+   * waiters rejected.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -256,6 +283,11 @@ export class SmtpSink {
     this.destroySockets();
     for (const stall of this.stalled) stall.callback(smtpError(421, '4.3.2 Sink closed'));
     this.stalled.clear();
+    for (const { pending, timer } of this.delayed) {
+      clearTimeout(timer);
+      pending.callback(smtpError(421, '4.3.2 Sink closed'));
+    }
+    this.delayed.clear();
     await this.transition;
     await new Promise<void>((resolve) => this.server.close(resolve));
     this.listening = false;
@@ -370,11 +402,24 @@ export class SmtpSink {
     });
   }
 
-  private answer(pending: Stalled, behaviour: SinkBehaviour): void {
-    const { session, raw, callback } = pending;
+  private answer(pending: PendingAnswer, behaviour: SinkBehaviour): void {
+    const { session, callback } = pending;
     if (behaviour === 'stall') {
       this.stalled.add(pending);
       this.count('stall');
+      return;
+    }
+    if (behaviour === 'delay') {
+      const delayed: Delayed = {
+        pending,
+        timer: setTimeout(() => {
+          this.delayed.delete(delayed);
+          if (this.clientGone(session)) callback(smtpError(421, '4.4.2 Client gone'));
+          else this.accept(pending);
+        }, this.delayMs),
+      };
+      this.delayed.add(delayed);
+      this.count('delay');
       return;
     }
     if (behaviour === 'drop' || behaviour === 'refuse') {
@@ -389,6 +434,11 @@ export class SmtpSink {
       callback(smtpError(rejection.code, rejection.text));
       return;
     }
+    this.accept(pending);
+  }
+
+  /** Records the message and answers 250. */
+  private accept({ session, raw, callback }: PendingAnswer): void {
     const message: SinkMessage = {
       messageId: extractMessageId(raw),
       envelope: {
@@ -408,8 +458,7 @@ export class SmtpSink {
     const stalled = [...this.stalled];
     this.stalled.clear();
     for (const stall of stalled) {
-      const socket = this.sockets.get(stall.session.remotePort);
-      if (socket === undefined || socket.destroyed || socket.readableEnded) {
+      if (this.clientGone(stall.session)) {
         stall.callback(smtpError(421, '4.4.2 Client gone'));
         continue;
       }
@@ -417,9 +466,20 @@ export class SmtpSink {
     }
   }
 
+  private clientGone(session: SMTPServerSession): boolean {
+    const socket = this.sockets.get(session.remotePort);
+    return socket === undefined || socket.destroyed || socket.readableEnded;
+  }
+
   private forgetSession(session: SMTPServerSession): void {
     this.transactions.delete(session.id);
     for (const stall of this.stalled) if (stall.session.id === session.id) this.stalled.delete(stall);
+    // The client left mid-wait: it never sees the 250, so the message was not accepted.
+    for (const delayed of this.delayed) {
+      if (delayed.pending.session.id !== session.id) continue;
+      clearTimeout(delayed.timer);
+      this.delayed.delete(delayed);
+    }
   }
 
   private waitFor(ready: () => boolean, timeoutMs: number, describe: () => string): Promise<void> {
