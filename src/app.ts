@@ -135,17 +135,34 @@ export async function buildApp(
     return urls;
   }
 
-  async function stop() {
-    if (draining) return;
+  let stopped: Promise<void> | undefined;
+
+  /**
+   * Graceful shutdown. The HTTP listener stays open until the worker has drained, so that during the
+   * drain clients get an answer they can act on (503 SHUTTING_DOWN from build-server.ts) instead of a
+   * refused connection, and /health and /ready keep answering for the orchestrator watching the
+   * drain. Only then does the listener close (requests in progress finish first), followed by
+   * everything the worker and the API used; the store goes last because everything writes to it.
+   * Every step runs even if an earlier one failed; the first failure is rethrown at the end.
+   * Calling stop() again returns the same shutdown.
+   */
+  function stop(): Promise<void> {
+    stopped ??= shutDown();
+    return stopped;
+  }
+
+  async function shutDown(): Promise<void> {
     draining = true;
     clearInterval(pruneTimer);
-    // In-flight HTTP requests finish (their jobs commit); new ones get 503 meanwhile.
-    await Promise.all([worker?.stop(config.shutdownTimeoutMs), server?.close()]);
-    intake.stop();
-    await transport?.close();
-    await broker.close();
-    await inbox?.close();
-    await store.close();
+    await runInOrder(logger, [
+      ['worker', () => worker?.stop(config.shutdownTimeoutMs)],
+      ['http server', () => server?.close()],
+      ['intake', () => intake.stop()],
+      ['transport', () => transport?.close()],
+      ['broker', () => broker.close()],
+      ['dev inbox', () => inbox?.close()],
+      ['store', () => store.close()],
+    ]);
   }
 
   return {
@@ -160,4 +177,21 @@ export async function buildApp(
     start,
     stop,
   };
+}
+
+/** Runs each step in turn, even after one failed; logs each failure and rethrows the first. */
+async function runInOrder(
+  logger: Logger,
+  steps: readonly (readonly [name: string, step: () => unknown])[],
+): Promise<void> {
+  const failures: unknown[] = [];
+  for (const [name, step] of steps) {
+    try {
+      await step();
+    } catch (error) {
+      logger.error({ err: error, step: name }, `shutdown: stopping the ${name} failed`);
+      failures.push(error);
+    }
+  }
+  if (failures.length > 0) throw failures[0];
 }

@@ -62,7 +62,14 @@ function setup(): { config: Config; logger: Logger } {
 async function runServer(): Promise<number> {
   const { config, logger } = setup();
   const app = await buildApp(config, logger);
-  const urls = await app.start();
+  const starting = app.start();
+  // Listen for signals before start() finishes: a SIGTERM during start-up then waits for it and
+  // stops gracefully, instead of killing a worker that may already hold claimed jobs.
+  const exitCode = waitForSignal(logger, async () => {
+    await starting;
+    await app.stop();
+  });
+  const urls = await starting;
   const lines = [
     `API      ${urls.apiUrl}  (docs: ${urls.apiUrl}/docs)`,
     urls.inboxUrl ? `Inbox    ${urls.inboxUrl}  (SMTP ${urls.inboxSmtp})` : 'Relay    MAILROOM_SMTP_URL',
@@ -71,7 +78,7 @@ async function runServer(): Promise<number> {
     { api: urls.apiUrl, inbox: urls.inboxUrl, inbox_smtp: urls.inboxSmtp },
     `Mailroom is running\n  ${lines.join('\n  ')}`,
   );
-  return waitForSignal(logger, () => app.stop());
+  return exitCode;
 }
 
 async function runInbox(): Promise<number> {
@@ -91,7 +98,12 @@ async function runInbox(): Promise<number> {
   return waitForSignal(logger, () => inbox.close());
 }
 
-/** Resolves with the exit code once a SIGTERM/SIGINT-driven shutdown finished. A second signal exits at once. */
+/**
+ * Resolves with the exit code once a SIGTERM/SIGINT-driven shutdown finished: 0, or 1 if it failed.
+ * The first signal starts the graceful shutdown; a second one exits at once with code 1, for an
+ * operator who will not wait for the drain (in-flight jobs then come back after their lease, as
+ * after kill -9; see docs/failure-modes.md).
+ */
 function waitForSignal(logger: Logger, shutdown: () => Promise<void>): Promise<number> {
   return new Promise((resolve) => {
     let stopping = false;

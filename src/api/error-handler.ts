@@ -45,6 +45,9 @@ export function handleError(error: FastifyError, request: FastifyRequest, reply:
   if (mailroomError.code === 'BACKLOG_FULL' || mailroomError.code === 'STORE_UNAVAILABLE') {
     void reply.header('retry-after', '5');
   }
+  // A client keeping its connection alive would come back to this instance, which is going away:
+  // closing it sends the retry to a fresh connection (another instance, behind a load balancer).
+  if (mailroomError.code === 'SHUTTING_DOWN') void reply.header('connection', 'close');
   void reply.status(mailroomError.status).send(errorBody(mailroomError));
 }
 
