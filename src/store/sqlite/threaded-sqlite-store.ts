@@ -12,7 +12,10 @@ function startThread(path: string): Worker {
   const extension = extname(fileURLToPath(import.meta.url));
   const script = new URL(`./sqlite-store-thread${extension}`, import.meta.url);
   if (extension !== '.ts') return new Worker(script, { workerData: { path } });
-  const bootstrap = `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(script.href)}); });`;
+  // Resolved here, not in the thread: an eval'd thread resolves bare names from the working directory,
+  // which need not be this checkout (`node --import tsx /path/to/src/cli.ts` run from elsewhere).
+  const tsxApi = import.meta.resolve('tsx/esm/api');
+  const bootstrap = `import(${JSON.stringify(tsxApi)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(script.href)}); });`;
   return new Worker(bootstrap, { eval: true, workerData: { path } });
 }
 
@@ -33,7 +36,7 @@ export class ThreadedSqliteStore implements Store {
   constructor(path: string) {
     this.worker = startThread(path);
     this.worker.on('message', (reply: StoreReply) => this.settle(reply));
-    this.worker.on('error', (error) => this.failAll(error));
+    this.worker.on('error', (error) => this.failAll(asError(error)));
     this.worker.on('exit', (code) => this.failAll(new Error(`the store thread exited (code ${code})`)));
   }
 
@@ -89,4 +92,19 @@ export class ThreadedSqliteStore implements Store {
     for (const pending of this.pending.values()) pending.reject(error);
     this.pending.clear();
   }
+}
+
+/**
+ * What reaches the 'error' event is a structured clone. An Error subclass whose message is not an own
+ * enumerable property (better-sqlite3's SqliteError) arrives as a bare `{ code }`: make it an Error
+ * again, with a message that says at least what failed.
+ */
+function asError(value: unknown): Error {
+  if (value instanceof Error) return value;
+  const { code, message } = (value ?? {}) as { code?: unknown; message?: unknown };
+  const text =
+    typeof message === 'string' && message !== ''
+      ? message
+      : `the store thread failed to start${typeof code === 'string' ? ` (${code})` : ''}`;
+  return Object.assign(new Error(text), typeof code === 'string' ? { code } : {});
 }
