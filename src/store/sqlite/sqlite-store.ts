@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import {
@@ -103,18 +103,36 @@ export class SqliteStore implements Store {
     this.db.close();
   }
 
+  /**
+   * Probes the real database file and writes nothing: the file is still where it was opened (an open
+   * handle keeps working on a deleted file, and everything written there would be lost at the next
+   * start), a row of `jobs` reads, and BEGIN IMMEDIATE takes the database's write lock, which fails
+   * when the file is read-only or another connection holds the lock. ROLLBACK releases it at once.
+   * The lock is waited for HEALTH_LOCK_WAIT_MS, not the busy timeout: /ready must answer quickly.
+   */
   async health(): Promise<ComponentHealth> {
+    if (!this.db.memory && !existsSync(this.db.name)) {
+      return {
+        ok: false,
+        detail: `database file ${this.db.name} is missing (data directory removed?): writes would be lost`,
+      };
+    }
+    const busyTimeout = this.db.pragma('busy_timeout', { simple: true }) as number;
     try {
-      // A write in a transaction that rolls back: proves the file is writable without changing it.
-      this.db.transaction(() => {
-        this.db.prepare('CREATE TEMP TABLE IF NOT EXISTS health_probe (x INTEGER)').run();
-        this.db.prepare('INSERT INTO health_probe VALUES (1)').run();
-        throw new RollbackProbe();
-      })();
+      this.db.pragma(`busy_timeout = ${HEALTH_LOCK_WAIT_MS}`);
+      this.db.prepare('SELECT id FROM jobs LIMIT 1').get();
+      this.db.exec('BEGIN IMMEDIATE');
+      this.db.exec('ROLLBACK');
       return { ok: true };
     } catch (error) {
-      if (error instanceof RollbackProbe) return { ok: true };
-      return { ok: false, detail: (error as Error).message };
+      try {
+        if (this.db.inTransaction) this.db.exec('ROLLBACK');
+      } catch {
+        // The probe failed already; a failed ROLLBACK adds nothing to its detail.
+      }
+      return { ok: false, detail: describeProbeFailure(error) };
+    } finally {
+      this.db.pragma(`busy_timeout = ${busyTimeout}`);
     }
   }
 
@@ -407,7 +425,19 @@ export class SqliteStore implements Store {
   }
 }
 
-class RollbackProbe extends Error {}
+/** How long the health probe waits for the write lock before reporting the database locked. */
+const HEALTH_LOCK_WAIT_MS = 500;
+
+function describeProbeFailure(error: unknown): string {
+  const { code = '', message } = error as Error & { code?: string };
+  const cause = code ? `${code}: ${message}` : message;
+  if (/^SQLITE_(BUSY|LOCKED)/.test(code)) {
+    return `database is locked: another connection held the write lock for over ${HEALTH_LOCK_WAIT_MS} ms (${cause})`;
+  }
+  if (code.startsWith('SQLITE_READONLY')) return `database is read-only (${cause})`;
+  if (/^SQLITE_(IOERR|FULL|CORRUPT|NOTADB|CANTOPEN)/.test(code)) return `database disk error (${cause})`;
+  return cause;
+}
 
 function outcomeUpdate(outcome: Outcome, attempts: number, now: number) {
   const base = { attempts, last_error: null as string | null, dead_letter_reason: null as string | null };
