@@ -97,3 +97,88 @@ for (const method of ['claimJobs', 'recordOutcomes'] as const) {
     }
   });
 }
+
+/** The real store, except that the named method answers `delayMs` late (a store busy syncing). */
+function slow(store: Store, method: keyof Store, delayMs: number): Store {
+  return new Proxy(store, {
+    get(target, name, receiver) {
+      const value = Reflect.get(target, name, receiver);
+      if (name !== method || typeof value !== 'function') return value;
+      return async (...args: unknown[]) => {
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+        return value.apply(target, args);
+      };
+    },
+  });
+}
+
+test('stop with no time left still releases a job whose claim was being written', async () => {
+  const real = new SqliteStore(join(dataDir, 'slow-claim.db'));
+  await real.migrate();
+  const store = slow(real, 'claimJobs', 300);
+  const broker = new EmbeddedBroker(store, { pollIntervalMs: 20, logger });
+  const transport = new SmtpTransport({ url: `smtp://127.0.0.1:${sink.port}`, pool: 1, timeoutMs: 2000 });
+  const worker = new Worker(
+    store,
+    broker,
+    transport,
+    { leaseMs: 60_000, concurrency: 4, maxAttempts: 5, retryBaseMs: 50, retryMaxMs: 100 },
+    logger,
+  );
+  const id = '0190a1b2-c3d4-7e5f-8a9b-000000000003';
+  try {
+    await real.createJobs([newJob(id)]);
+    await worker.start();
+    await waitFor('the claim under way', () => worker.activeCount === 1, 2000);
+    await worker.stop(0);
+    const job = await real.getJob(id);
+    // Released at once for the next start, not left `processing` until a 60 s lease runs out.
+    assert.equal(job?.status, 'queued');
+    assert.equal(job?.events.at(-1)?.detail.reason, 'shutdown');
+  } finally {
+    await broker.close();
+    await transport.close();
+    await real.close();
+  }
+});
+
+test('a consumer stopped while it looks for due jobs hands out nothing', async () => {
+  const real = new SqliteStore(join(dataDir, 'slow-poll.db'));
+  await real.migrate();
+  let entered!: () => void;
+  const pollEntered = new Promise<void>((resolve) => {
+    entered = resolve;
+  });
+  let returned!: () => void;
+  const pollReturned = new Promise<void>((resolve) => {
+    returned = resolve;
+  });
+  const store = new Proxy(real, {
+    get(target, name, receiver) {
+      const value = Reflect.get(target, name, receiver);
+      if (name !== 'findDueJobs') return value;
+      return async (...args: Parameters<Store['findDueJobs']>) => {
+        entered();
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        const due = await target.findDueJobs(...args);
+        setImmediate(returned); // after the consumer has seen the answer
+        return due;
+      };
+    },
+  });
+  const broker = new EmbeddedBroker(store, { pollIntervalMs: 20, logger });
+  try {
+    await real.createJobs([newJob('0190a1b2-c3d4-7e5f-8a9b-000000000004')]);
+    const handed: string[] = [];
+    const consumer = await broker.consume((delivery) => handed.push(delivery.message.jobId), {
+      prefetch: 4,
+    });
+    await pollEntered;
+    await consumer.stop();
+    await pollReturned;
+    assert.deepEqual(handed, []);
+  } finally {
+    await broker.close();
+    await real.close();
+  }
+});

@@ -28,6 +28,8 @@ interface InFlight {
 const MAX_BATCH = 256;
 /** After a Store error, how long a delivery waits before it is given back to the broker. */
 const STORE_ERROR_PAUSE_MS = 1000;
+/** At shutdown, how long to wait for claims still being written after the drain deadline. */
+const CLAIM_GRACE_MS = 5000;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
 
@@ -102,7 +104,21 @@ export class Worker {
       all.then(() => false),
       new Promise<boolean>((resolve) => setTimeout(() => resolve(true), timeoutMs).unref()),
     ]);
-    if (timedOut) await this.releaseUnfinished();
+    if (timedOut) {
+      await this.releaseUnfinished();
+      // Deliveries whose claim was still being written hold no lease token yet: once the claim
+      // lands, process() sees `stopping` and releases the job itself. Wait for that (bounded, in
+      // case the store hangs) so the store is not closed under them, leaving jobs `processing`.
+      const claiming = [...this.inFlight.values()].filter((entry) => !entry.leaseToken);
+      let grace: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.all(claiming.map((entry) => entry.finished)),
+        new Promise((resolve) => {
+          grace = setTimeout(resolve, CLAIM_GRACE_MS);
+        }),
+      ]);
+      clearTimeout(grace);
+    }
     this.logger.info({ worker: this.id, timedOut }, 'worker stopped');
   }
 

@@ -95,6 +95,8 @@ class EmbeddedConsumer implements Consumer {
       const capacity = this.prefetch - this.inFlight.size;
       if (capacity > 0) {
         const due = await this.store.findDueJobs(Date.now(), capacity, this.inFlight);
+        // Stopped while the query ran: the worker no longer waits for new deliveries, so hand out none.
+        if (!this.running) return;
         found = due.length;
         for (const job of due) this.deliver({ jobId: job.id, priority: job.priority, headers: {} });
       }
