@@ -62,7 +62,7 @@ export async function buildApp(
           smtpPort: config.inboxSmtpPort,
           maxMessages: config.inboxMaxMessages,
           maxMessageBytes: config.maxMessageBytes * 2,
-          logger: logger.child({ component: 'inbox' }),
+          logger,
         })
       : undefined;
   let transport: Transport | undefined;
