@@ -89,6 +89,7 @@ async function runInbox(): Promise<number> {
     smtpPort: config.inboxSmtpPort,
     maxMessages: config.inboxMaxMessages,
     maxMessageBytes: config.maxMessageBytes * 2,
+    ...(config.apiKeys && { apiKeys: config.apiKeys }),
     logger,
   });
   logger.info(

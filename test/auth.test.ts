@@ -9,6 +9,7 @@ import pino from 'pino';
 import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config/load-config.js';
 import { MailroomError } from '../src/errors.js';
+import { type InboxServer, startInboxServer } from '../src/inbox/inbox-server.js';
 import { SmtpSink } from './support/smtp-sink.js';
 import { FAST_ENV, SAMPLE_EMAIL, startTestApp, type TestApp } from './support/test-app.js';
 import { waitFor } from './support/wait-for.js';
@@ -17,6 +18,9 @@ const KEY_A = 'key-aaaaaaaaaaaaaaaa';
 const KEY_B = 'key-bbbbbbbbbbbbbbbb';
 const API_KEYS = `${KEY_A},${KEY_B}`;
 const bearer = (key: string) => ({ authorization: `Bearer ${key}` });
+const basic = (user: string, password: string) => ({
+  authorization: `Basic ${Buffer.from(`${user}:${password}`, 'utf8').toString('base64')}`,
+});
 const COMPAT_EMAIL = { to: 'alice@example.com', subject: 'Hi', body: 'Hello' };
 
 function errorCode(response: LightMyRequestResponse): string {
@@ -289,6 +293,163 @@ describe('logs never contain an API key', () => {
     assert.ok(log.includes(id), 'the accepted job was logged');
     for (const secret of [KEY_A, KEY_B, 'key-zzzzzzzzzzzzzzzz']) {
       assert.ok(!log.includes(secret), `${secret} appears in the log`);
+    }
+  });
+});
+
+/** Wrong credentials for the dev inbox: none, unknown keys, malformed headers. */
+const WRONG_INBOX_CREDENTIALS: Record<string, string>[] = [
+  {},
+  bearer('key-cccccccccccccccc'),
+  { authorization: KEY_A },
+  basic('anyone', 'key-cccccccccccccccc'),
+  basic(KEY_A, ''),
+  { authorization: `Basic ${Buffer.from(KEY_A).toString('base64')}` },
+  { authorization: 'Basic !!!' },
+];
+
+/** A refused dev inbox page: 401, and a Basic challenge so that a browser asks for the key. */
+function assertPageChallenge(
+  response: { statusCode: number; headers: Record<string, unknown>; body: string },
+  what: string,
+) {
+  assert.equal(response.statusCode, 401, `${what}: ${response.body}`);
+  assert.match(String(response.headers['www-authenticate']), /^Basic realm="Mailroom dev inbox"/, what);
+  assert.doesNotMatch(response.body, /Thanks for your order/, `${what}: no message content in a refusal`);
+}
+
+describe('the dev inbox of `mailroom start` with API keys', () => {
+  let t: TestApp;
+  let messageId = '';
+  before(async () => {
+    // No relay: mail goes to the built-in dev inbox, whose routes are served on the API's port.
+    t = await startTestApp({
+      MAILROOM_API_KEYS: API_KEYS,
+      MAILROOM_SMTP_URL: '',
+      MAILROOM_INBOX_SMTP_PORT: '0',
+    });
+    assert.ok(t.app.inbox, 'the dev inbox runs');
+    const accepted = await t.request('POST', '/v1/emails', SAMPLE_EMAIL, bearer(KEY_A));
+    assert.equal(accepted.statusCode, 202, accepted.body);
+    const { id } = accepted.json() as { id: string };
+    await waitFor('the email to reach the dev inbox', async () => {
+      const view = await t.request('GET', `/v1/emails/${id}`, undefined, bearer(KEY_A));
+      return (view.json() as { status: string }).status === 'sent';
+    });
+    messageId = t.app.inbox!.list(1)[0]!.id;
+  });
+  after(() => t.stop());
+
+  test('/v1/inbox/* needs a Bearer key, like every /v1 route; Basic is not accepted there', async () => {
+    const routes: [string, string][] = [
+      ['GET', '/v1/inbox/messages'],
+      ['GET', `/v1/inbox/messages/${messageId}`],
+      ['GET', `/v1/inbox/messages/${messageId}/raw`],
+      ['DELETE', '/v1/inbox/messages'],
+    ];
+    for (const [method, url] of routes) {
+      for (const headers of [...WRONG_INBOX_CREDENTIALS, basic('anyone', KEY_A)]) {
+        assertUnauthorized(
+          await t.request(method, url, undefined, headers),
+          `${method} ${url} ${JSON.stringify(headers)}`,
+        );
+      }
+    }
+    assert.equal(t.app.inbox!.count(), 1, 'the refused DELETE cleared nothing');
+    const list = await t.request('GET', '/v1/inbox/messages', undefined, bearer(KEY_B));
+    assert.equal(list.statusCode, 200, list.body);
+    assert.equal((list.json() as { data: { subject: string }[] }).data[0]?.subject, SAMPLE_EMAIL.subject);
+    const raw = await t.request('GET', `/v1/inbox/messages/${messageId}/raw`, undefined, bearer(KEY_A));
+    assert.equal(raw.statusCode, 200);
+    assert.match(raw.body, /Your receipt/);
+  });
+
+  test('the HTML pages challenge a browser for the key (HTTP Basic, any user name) and take Bearer too', async () => {
+    const pages = ['/inbox', `/inbox/${messageId}`, `/inbox/${messageId}/raw`];
+    for (const url of pages) {
+      for (const headers of WRONG_INBOX_CREDENTIALS) {
+        assertPageChallenge(
+          await t.request('GET', url, undefined, headers),
+          `${url} ${JSON.stringify(headers)}`,
+        );
+      }
+      for (const headers of [basic('', KEY_A), basic('developer', KEY_B), bearer(KEY_A)]) {
+        const response = await t.request('GET', url, undefined, headers);
+        assert.equal(response.statusCode, 200, `${url} ${JSON.stringify(headers)}: ${response.body}`);
+        assert.equal(response.headers['www-authenticate'], undefined);
+        assert.equal(response.headers['cache-control'], 'no-store');
+      }
+    }
+    const page = await t.request('GET', `/inbox/${messageId}`, undefined, basic('developer', KEY_A));
+    assert.match(page.body, /Your receipt/);
+    // A browser cannot follow a link into the Bearer-only API: the page links its own raw route only.
+    assert.ok(page.body.includes(`href="/inbox/${messageId}/raw"`), 'raw link to the page route');
+    assert.ok(!page.body.includes('href="/v1/'), 'no link a browser could not open');
+  });
+
+  test('the dev inbox pages are refused before anything else is checked', async () => {
+    assertPageChallenge(await t.request('GET', '/inbox/not-a-message'), 'unknown message, no key');
+    assertPageChallenge(await t.request('GET', `/inbox/${'x'.repeat(100)}`), 'invalid id, no key');
+  });
+});
+
+describe('`mailroom inbox` (the dev inbox alone) with API keys', () => {
+  let server: InboxServer;
+  const quiet = pino({ level: 'silent' });
+  before(async () => {
+    server = await startInboxServer({
+      host: '127.0.0.1',
+      httpPort: 0,
+      smtpPort: 0,
+      maxMessages: 10,
+      maxMessageBytes: 1024 * 1024,
+      apiKeys: [KEY_A, KEY_B],
+      logger: quiet,
+    });
+  });
+  after(() => server.close());
+
+  const get = (path: string, headers: Record<string, string> = {}, method = 'GET') =>
+    fetch(`${server.httpUrl}${path}`, { method, headers, redirect: 'manual' });
+
+  test('the API needs a Bearer key; the pages ask for it; /health stays open', async () => {
+    for (const headers of [...WRONG_INBOX_CREDENTIALS, basic('anyone', KEY_A)]) {
+      for (const method of ['GET', 'DELETE']) {
+        const response = await get('/v1/inbox/messages', headers, method);
+        assert.equal(response.status, 401, `${method} ${JSON.stringify(headers)}`);
+        const body = (await response.json()) as { error: { code: string; message: string } };
+        assert.equal(body.error.code, 'UNAUTHORIZED');
+        assert.match(body.error.message, /Bearer/);
+      }
+    }
+    for (const headers of WRONG_INBOX_CREDENTIALS) {
+      const page = await get('/inbox', headers);
+      assert.equal(page.status, 401, JSON.stringify(headers));
+      assert.match(page.headers.get('www-authenticate') ?? '', /^Basic /);
+      assert.equal(((await page.json()) as { error: { code: string } }).error.code, 'UNAUTHORIZED');
+    }
+    assert.equal((await get('/v1/inbox/messages', bearer(KEY_A))).status, 200);
+    assert.equal((await get('/inbox', basic('me', KEY_B))).status, 200);
+    assert.equal((await get('/health')).status, 200);
+  });
+
+  test('a non-loopback address without keys is refused before anything listens', async () => {
+    for (const host of ['0.0.0.0', '::', '192.0.2.10']) {
+      await assert.rejects(
+        startInboxServer({
+          host,
+          httpPort: 0,
+          smtpPort: 0,
+          maxMessages: 10,
+          maxMessageBytes: 1024,
+          logger: quiet,
+        }),
+        (error: unknown) =>
+          error instanceof MailroomError &&
+          error.code === 'CONFIG_INVALID' &&
+          /MAILROOM_HOST/.test(error.message) &&
+          /MAILROOM_API_KEYS/.test(error.message),
+      );
     }
   });
 });

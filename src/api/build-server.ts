@@ -72,7 +72,7 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
   await registerEmailRoutes(app, ctx);
   await registerDeadLetterRoutes(app, ctx);
   await registerCompatRoutes(app, ctx);
-  if (ctx.inbox) await registerInboxRoutes(app, ctx.inbox);
+  if (ctx.inbox) await registerInboxRoutes(app, ctx.inbox, ctx.auth);
   return app;
 }
 

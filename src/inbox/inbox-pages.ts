@@ -62,13 +62,26 @@ function renderListRow(message: InboxSummary): string {
   return `<tr><td class="nowrap"><a href="${href}">${escapeHtml(message.received_at)}</a></td><td>${escapeHtml(message.from)}</td><td>${escapeHtml(message.to.join(', '))}</td><td><a href="${href}">${escapeHtml(subjectOrPlaceholder(message.subject))}</a></td></tr>`;
 }
 
-export function renderInboxMessagePage(message: InboxMessage, raw: Buffer): string {
-  const jsonHref = escapeHtml(`/v1/inbox/messages/${encodeURIComponent(message.id)}`);
-  const rawHref = escapeHtml(`${jsonHref}/raw`);
+export interface MessagePageOptions {
+  /**
+   * Link the message's JSON in the API. Off when the API needs a Bearer key, which a browser
+   * following a link cannot send.
+   */
+  readonly apiLinks: boolean;
+}
+
+export function renderInboxMessagePage(
+  message: InboxMessage,
+  raw: Buffer,
+  options: MessagePageOptions = { apiLinks: true },
+): string {
+  const id = encodeURIComponent(message.id);
+  const jsonLink = options.apiLinks ? ` · <a href="${escapeHtml(`/v1/inbox/messages/${id}`)}">JSON</a>` : '';
+  const rawHref = escapeHtml(`/inbox/${id}/raw`);
   return page(
     subjectOrPlaceholder(message.subject),
     '',
-    `<p><a href="/inbox">← Inbox</a> · <a href="${jsonHref}">JSON</a> · <a href="${rawHref}">Raw</a></p>
+    `<p><a href="/inbox">← Inbox</a>${jsonLink} · <a href="${rawHref}">Raw</a></p>
 <h1>${escapeHtml(subjectOrPlaceholder(message.subject))}</h1>
 ${renderMetaTable(message)}
 ${renderHtmlPart(message.html)}

@@ -4,6 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import Fastify from 'fastify';
 import nodemailer from 'nodemailer';
 import { pino } from 'pino';
+import { ApiKeyAuth } from '../api/auth.js';
 import { DevInbox, type InboxMessage, type InboxSummary } from './dev-inbox.js';
 import { registerInboxRoutes } from './inbox-routes.js';
 import { startInboxServer } from './inbox-server.js';
@@ -29,7 +30,7 @@ describe('inbox routes', () => {
     });
     await inbox.start();
     app = Fastify();
-    await registerInboxRoutes(app, inbox);
+    await registerInboxRoutes(app, inbox, new ApiKeyAuth([]));
     await app.ready();
     transport = nodemailer.createTransport({
       host: '127.0.0.1',

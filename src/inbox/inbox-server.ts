@@ -2,7 +2,9 @@ import type { AddressInfo } from 'node:net';
 import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import Fastify, { LogController } from 'fastify';
 import type { Logger } from 'pino';
-import type { ErrorCode } from '../errors.js';
+import { ApiKeyAuth } from '../api/auth.js';
+import { isLoopback } from '../config/load-config.js';
+import { type ErrorCode, MailroomError } from '../errors.js';
 import { DevInbox } from './dev-inbox.js';
 import { registerInboxRoutes } from './inbox-routes.js';
 
@@ -14,6 +16,11 @@ export interface InboxServerOptions {
   readonly smtpPort: number;
   readonly maxMessages: number;
   readonly maxMessageBytes: number;
+  /**
+   * MAILROOM_API_KEYS. With keys, the API needs `Authorization: Bearer <key>` and the pages ask the
+   * browser for a key (see registerInboxRoutes). Required when `host` is not loopback.
+   */
+  readonly apiKeys?: readonly string[];
   readonly logger: Logger;
 }
 
@@ -28,6 +35,14 @@ export interface InboxServer {
 
 /** Runs the dev inbox on its own (`mailroom inbox`): its SMTP server plus an HTTP server for its pages and API. */
 export async function startInboxServer(options: InboxServerOptions): Promise<InboxServer> {
+  const auth = new ApiKeyAuth(options.apiKeys ?? []);
+  if (!auth.enabled && !isLoopback(options.host)) {
+    // loadConfig refuses this too; checked again here because the inbox shows every message it holds.
+    throw new MailroomError(
+      'CONFIG_INVALID',
+      `Invalid configuration:\n  MAILROOM_HOST=${options.host}: a non-loopback address needs MAILROOM_API_KEYS, or anyone on the network could read the dev inbox`,
+    );
+  }
   const inbox = new DevInbox({
     host: options.host,
     smtpPort: options.smtpPort,
@@ -38,7 +53,7 @@ export async function startInboxServer(options: InboxServerOptions): Promise<Inb
   await inbox.start();
   let app: FastifyInstance | undefined;
   try {
-    app = await createInboxApp(inbox, options.logger);
+    app = await createInboxApp(inbox, auth, options.logger);
     await app.listen({ host: options.host, port: options.httpPort });
   } catch (err) {
     await app?.close();
@@ -59,7 +74,7 @@ export async function startInboxServer(options: InboxServerOptions): Promise<Inb
   };
 }
 
-async function createInboxApp(inbox: DevInbox, logger: Logger): Promise<FastifyInstance> {
+async function createInboxApp(inbox: DevInbox, auth: ApiKeyAuth, logger: Logger): Promise<FastifyInstance> {
   const app = Fastify({
     // Typed as the base logger so the instance is a plain FastifyInstance, as registerInboxRoutes takes.
     loggerInstance: logger.child({ component: 'inbox-http' }) as FastifyBaseLogger,
@@ -74,11 +89,15 @@ async function createInboxApp(inbox: DevInbox, logger: Logger): Promise<FastifyI
   });
   app.get('/health', { schema: { hide: true } }, async () => ({ status: 'ok' }));
   app.get('/', { schema: { hide: true } }, async (_request, reply) => reply.redirect('/inbox'));
-  await registerInboxRoutes(app, inbox);
+  await registerInboxRoutes(app, inbox, auth);
   return app;
 }
 
 function handleError(error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  if (error instanceof MailroomError) {
+    reply.code(error.status).send({ error: { code: error.code, message: error.message } });
+    return;
+  }
   if (error.validation) {
     reply.code(400).send({ error: { code: 'VALIDATION_FAILED', message: error.message } });
     return;
