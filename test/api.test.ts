@@ -728,11 +728,17 @@ describe('GET /v1/emails filters and pages', () => {
 
   test('a cursor this API did not make is 400', async () => {
     const forged = Buffer.from('12:not-a-uuid', 'utf8').toString('base64url');
-    for (const cursor of ['garbage', '!!!', forged]) {
-      assertValidation(await t.request('GET', `/v1/emails?cursor=${encodeURIComponent(cursor)}`), [
-        ['cursor', 'cursor'],
-      ]);
+    for (const cursor of ['garbage', '!!!', forged, '']) {
+      const details = assertValidation(
+        await t.request('GET', `/v1/emails?cursor=${encodeURIComponent(cursor)}`),
+        [['cursor', 'cursor']],
+      );
+      assert.equal(details.length, 1, JSON.stringify(details));
     }
+    // GET /v1/dead-letters has no paging: a cursor there is an unknown field, not ignored.
+    assertValidation(await t.request('GET', '/v1/dead-letters?cursor=garbage'), [
+      ['cursor', 'unknown_field'],
+    ]);
   });
 });
 
