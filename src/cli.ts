@@ -29,9 +29,14 @@ async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'start':
-      return runServer();
+      return runServer().catch(explainStartupError([['MAILROOM_PORT', 'port']]));
     case 'inbox':
-      return runInbox();
+      return runInbox().catch(
+        explainStartupError([
+          ['MAILROOM_INBOX_HTTP_PORT', 'inboxHttpPort'],
+          ['MAILROOM_INBOX_SMTP_PORT', 'inboxSmtpPort'],
+        ]),
+      );
     case 'send':
       return send(rest);
     case 'status':
@@ -48,6 +53,48 @@ async function main(argv: string[]): Promise<number> {
       console.error(`Unknown command "${command}".\n\n${USAGE}`);
       return 2;
   }
+}
+
+type StartupError = NodeJS.ErrnoException & { port?: number; address?: string };
+
+const LISTEN_ERRORS = new Set(['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL', 'ENOTFOUND']);
+const FILE_ERRORS = new Set(['ENOENT', 'ENOTDIR', 'EEXIST', 'EACCES', 'EPERM', 'EROFS', 'ENOSPC', 'EISDIR']);
+
+/**
+ * Start-up failures caused by a configured value become configuration errors naming the variable,
+ * like every other wrong value: a socket that cannot listen (port taken, address not on this host),
+ * or a store file that cannot be created or opened. Any other error passes through unchanged.
+ */
+function explainStartupError(
+  ports: readonly [env: string, key: 'port' | 'inboxHttpPort' | 'inboxSmtpPort'][],
+) {
+  return (error: unknown): never => {
+    const { code = '', syscall, port, address } = error as StartupError;
+    const reason = (error as Error).message || code;
+    const invalid = (line: string) =>
+      new MailroomError('CONFIG_INVALID', `Invalid configuration:\n  ${line}`);
+    const config = loadConfig();
+    if (syscall === 'listen' || syscall === 'getaddrinfo') {
+      if (!LISTEN_ERRORS.has(code)) throw error;
+      if (code === 'EADDRNOTAVAIL' || code === 'ENOTFOUND')
+        throw invalid(
+          `MAILROOM_HOST=${JSON.stringify(config.host)}: expected an address of this host (${reason})`,
+        );
+      const [env, key] = ports.find(([, name]) => config[name] === port) ?? ports[0]!;
+      const where = address ? `${address}:${port}` : `port ${port}`;
+      const why = code === 'EACCES' ? 'is not permitted' : 'is already in use';
+      throw invalid(`${env}=${config[key]}: expected a port this process may listen on; ${where} ${why}`);
+    }
+    if (code.startsWith('SQLITE_CANTOPEN') || code === 'SQLITE_READONLY' || FILE_ERRORS.has(code)) {
+      const variable = config.databaseUrl
+        ? `MAILROOM_DATABASE_URL=${JSON.stringify(config.databaseUrl)}`
+        : `MAILROOM_DATA_DIR=${JSON.stringify(config.dataDir)}`;
+      throw invalid(
+        `${variable}: expected a place this process can create and write the database (${reason})`,
+      );
+    }
+    throw error;
+  };
 }
 
 function setup(): { config: Config; logger: Logger } {
@@ -136,7 +183,9 @@ async function api(
   const headers: Record<string, string> = { accept: 'application/json' };
   if (init.body !== undefined) headers['content-type'] = 'application/json';
   if (config.apiKey) headers.authorization = `Bearer ${config.apiKey}`;
-  const response = await fetch(new URL(path, config.apiUrl), {
+  // Relative to MAILROOM_URL's path, so an API behind a path prefix (https://host/mailroom) is reached there.
+  const base = config.apiUrl.endsWith('/') ? config.apiUrl : `${config.apiUrl}/`;
+  const response = await fetch(new URL(path.replace(/^\//, ''), base), {
     method: init.method ?? 'GET',
     headers,
     ...(init.body !== undefined && { body: JSON.stringify(init.body) }),
@@ -151,7 +200,8 @@ async function api(
 
 function printResult(result: { status: number; body: unknown }): number {
   const out = result.status < 400 ? console.log : console.error;
-  out(JSON.stringify(result.body, null, 2));
+  // A body that is not JSON (a proxy's error page) is shown as it came, not as one escaped string.
+  out(typeof result.body === 'string' ? result.body : JSON.stringify(result.body, null, 2));
   return result.status < 400 ? 0 : 1;
 }
 
@@ -193,6 +243,8 @@ async function deadLetters(args: string[]): Promise<number> {
     const query = values.reason ? `?reason=${encodeURIComponent(values.reason)}` : '';
     return printResult(await api(`/v1/dead-letters${query}`));
   }
+  if (action === 'replay' && id && values.all)
+    throw new UsageError('dlq replay takes an id or --all, not both');
   if (action === 'replay' && id)
     return printResult(await api(`/v1/dead-letters/${encodeURIComponent(id)}/replay`, { method: 'POST' }));
   if (action === 'replay' && values.all) {
@@ -210,16 +262,22 @@ async function deadLetters(args: string[]): Promise<number> {
 
 class UsageError extends Error {}
 
+/** node:util parseArgs refusing the options (unknown option, missing value, stray argument). */
+function isParseArgsError(error: unknown): error is Error {
+  return error instanceof TypeError && /^ERR_PARSE_ARGS_/.test((error as NodeJS.ErrnoException).code ?? '');
+}
+
 main(process.argv.slice(2)).then(
   // Exit explicitly: a pooled socket or a timer must not keep a finished command alive.
   (code) => process.exit(code),
   (error: unknown) => {
-    if (error instanceof MailroomError || error instanceof UsageError) console.error(error.message);
+    const usage = error instanceof UsageError || isParseArgsError(error);
+    if (error instanceof MailroomError || usage) console.error(error.message);
     else if (error instanceof TypeError && /fetch failed/.test(error.message)) {
       console.error(
         `Cannot reach the Mailroom API (MAILROOM_URL): ${(error.cause as Error | undefined)?.message ?? error.message}`,
       );
     } else console.error(error);
-    process.exit(error instanceof UsageError ? 2 : 1);
+    process.exit(usage ? 2 : 1);
   },
 );
