@@ -5,18 +5,26 @@ import type { Store } from '../store.js';
 import type { StoreCall, StoreReply } from './sqlite-store-thread.js';
 
 /**
+ * The thread holds almost nothing between calls (each batch is cloned in, written, and dropped), so a
+ * small young generation is enough; V8's default sizes it like a main thread's, which showed as
+ * tens of MB of resident memory under load.
+ */
+const STORE_THREAD_LIMITS = { maxYoungGenerationSizeMb: 8 };
+
+/**
  * Built, the thread's file is .js. Run from source (tests, `tsx`), it is .ts, and the thread must
  * register tsx's loader itself: Node 20 does not pass `--import` hooks on to worker threads.
  */
 function startThread(path: string): Worker {
   const extension = extname(fileURLToPath(import.meta.url));
   const script = new URL(`./sqlite-store-thread${extension}`, import.meta.url);
-  if (extension !== '.ts') return new Worker(script, { workerData: { path } });
+  if (extension !== '.ts')
+    return new Worker(script, { workerData: { path }, resourceLimits: STORE_THREAD_LIMITS });
   // Resolved here, not in the thread: an eval'd thread resolves bare names from the working directory,
   // which need not be this checkout (`node --import tsx /path/to/src/cli.ts` run from elsewhere).
   const tsxApi = import.meta.resolve('tsx/esm/api');
   const bootstrap = `import(${JSON.stringify(tsxApi)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(script.href)}); });`;
-  return new Worker(bootstrap, { eval: true, workerData: { path } });
+  return new Worker(bootstrap, { eval: true, workerData: { path }, resourceLimits: STORE_THREAD_LIMITS });
 }
 
 type Pending = { resolve: (value: unknown) => void; reject: (error: Error) => void };
