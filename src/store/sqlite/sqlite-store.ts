@@ -78,6 +78,8 @@ export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly statements: ReturnType<SqliteStore['prepare']>;
   private unsynced = false;
+  /** The connection's current `synchronous` level (set FULL when opened). */
+  private synchronous: 'FULL' | 'NORMAL' = 'FULL';
   private readonly syncTimer: NodeJS.Timeout;
 
   constructor(path: string) {
@@ -344,17 +346,23 @@ export class SqliteStore implements Store {
 
   /** Runs `work` in a transaction whose commit is fsync'd before this returns. */
   private commitDurable<T>(work: () => T): T {
-    this.db.pragma('synchronous = FULL');
-    const result = this.db.transaction(work)();
-    this.unsynced = false;
-    return result;
+    return this.commit('FULL', work);
   }
 
   /** Runs `work` in a transaction that survives a process crash; fsync follows within a second. */
   private commitLight<T>(work: () => T): T {
-    this.db.pragma('synchronous = NORMAL');
+    return this.commit('NORMAL', work);
+  }
+
+  private commit<T>(synchronous: 'FULL' | 'NORMAL', work: () => T): T {
+    // A pragma is a statement of its own: set the level only when it changes.
+    if (this.synchronous !== synchronous) {
+      this.db.pragma(`synchronous = ${synchronous}`);
+      this.synchronous = synchronous;
+    }
     const result = this.db.transaction(work)();
-    this.unsynced = true;
+    // A FULL commit syncs the WAL up to itself, light commits before it included.
+    this.unsynced = synchronous === 'NORMAL';
     return result;
   }
 
