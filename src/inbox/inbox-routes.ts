@@ -112,7 +112,11 @@ export async function registerInboxRoutes(
         params: idParams,
       },
     },
-    async (request, reply) => sendRaw(reply, inbox, request.params.id),
+    async (request, reply) => {
+      const raw = inbox.raw(request.params.id);
+      if (!raw) return sendNotFound(reply, request.params.id);
+      return sendRaw(reply, request.params.id, raw);
+    },
   );
 
   app.delete(
@@ -146,15 +150,14 @@ export async function registerInboxRoutes(
     { ...page, schema: { hide: true, params: idParams } },
     async (request, reply) => {
       const { id } = request.params;
-      if (!inbox.raw(id)) return sendPage(reply, 404, renderNotFoundPage(id));
-      return sendRaw(reply.header('cache-control', 'no-store'), inbox, id);
+      const raw = inbox.raw(id);
+      if (!raw) return sendPage(reply, 404, renderNotFoundPage(id));
+      return sendRaw(reply.header('cache-control', 'no-store'), id, raw);
     },
   );
 }
 
-function sendRaw(reply: FastifyReply, inbox: DevInbox, id: string): FastifyReply {
-  const raw = inbox.raw(id);
-  if (!raw) return sendNotFound(reply, id);
+function sendRaw(reply: FastifyReply, id: string, raw: Buffer): FastifyReply {
   return reply
     .header('content-type', 'message/rfc822')
     .header('content-disposition', `inline; filename="message-${id}.eml"`)
