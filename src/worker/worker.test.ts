@@ -48,36 +48,85 @@ function newJob(id: string): NewJob {
   };
 }
 
-/** The real store, except that the named method throws the first `failures` times it is called. */
-function failingFirst(store: Store, method: keyof Store, failures: number): Store {
-  let left = failures;
+type StoreCall = (...args: unknown[]) => Promise<unknown>;
+
+/** The real store, with `method` routed through `wrap` (which calls `real` to reach the store). */
+function intercept(
+  store: Store,
+  method: keyof Store,
+  wrap: (real: StoreCall, args: unknown[]) => Promise<unknown>,
+): Store {
   return new Proxy(store, {
     get(target, name, receiver) {
       const value = Reflect.get(target, name, receiver);
       if (name !== method || typeof value !== 'function') return value;
-      return (...args: unknown[]) => {
-        if (left-- > 0) return Promise.reject(new Error(`injected ${String(method)} failure`));
-        return value.apply(target, args);
-      };
+      const real: StoreCall = (...args) => value.apply(target, args);
+      return (...args: unknown[]) => wrap(real, args);
     },
   });
 }
 
+/** The real store, except that `method` throws the first `failures` times it is called. */
+function failingFirst(store: Store, method: keyof Store, failures: number): Store {
+  let left = failures;
+  return intercept(store, method, (real, args) =>
+    left-- > 0 ? Promise.reject(new Error(`injected ${method} failure`)) : real(...args),
+  );
+}
+
+/** The real store, except that `method` answers `delayMs` late (a store busy syncing). */
+function slow(store: Store, method: keyof Store, delayMs: number): Store {
+  return intercept(store, method, async (real, args) => {
+    await sleep(delayMs);
+    return real(...args);
+  });
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface Rig {
+  readonly real: SqliteStore;
+  readonly broker: EmbeddedBroker;
+  readonly transport: SmtpTransport;
+  readonly worker: Worker;
+  close(): Promise<void>;
+}
+
+/**
+ * A worker on a real SQLite file (`name`.db) and the test's SMTP sink; `faults` wraps the store the
+ * broker and worker see, while the test reads and writes the real one.
+ */
+async function startRig(name: string, leaseMs: number, faults: (store: Store) => Store): Promise<Rig> {
+  const real = new SqliteStore(join(dataDir, `${name}.db`));
+  await real.migrate();
+  const store = faults(real);
+  const broker = new EmbeddedBroker(store, { pollIntervalMs: 20, logger });
+  const transport = new SmtpTransport({ url: `smtp://127.0.0.1:${sink.port}`, pool: 1, timeoutMs: 2000 });
+  const worker = new Worker(
+    store,
+    broker,
+    transport,
+    { leaseMs, concurrency: 4, maxAttempts: 5, retryBaseMs: 50, retryMaxMs: 100 },
+    logger,
+  );
+  return {
+    real,
+    broker,
+    transport,
+    worker,
+    async close() {
+      await worker.stop(1000);
+      await broker.close();
+      await transport.close();
+      await real.close();
+    },
+  };
+}
+
 for (const method of ['claimJobs', 'recordOutcomes'] as const) {
   test(`a ${method} that throws gives the delivery back, and the job is sent after all`, async () => {
-    const real = new SqliteStore(join(dataDir, `${method}.db`));
-    await real.migrate();
-    const store = failingFirst(real, method, 1);
-    const broker = new EmbeddedBroker(store, { pollIntervalMs: 20, logger });
-    const transport = new SmtpTransport({ url: `smtp://127.0.0.1:${sink.port}`, pool: 1, timeoutMs: 2000 });
     // A short lease: after a failed outcome write the job is still leased and comes back when it expires.
-    const worker = new Worker(
-      store,
-      broker,
-      transport,
-      { leaseMs: 500, concurrency: 4, maxAttempts: 5, retryBaseMs: 50, retryMaxMs: 100 },
-      logger,
-    );
+    const { real, worker, close } = await startRig(method, 500, (store) => failingFirst(store, method, 1));
     const id = `0190a1b2-c3d4-7e5f-8a9b-${method === 'claimJobs' ? '000000000001' : '000000000002'}`;
     try {
       await real.createJobs([newJob(id)]);
@@ -90,40 +139,14 @@ for (const method of ['claimJobs', 'recordOutcomes'] as const) {
       const copies = sink.messages().filter((m) => m.messageId === messageIdFor(id, 'noreply@acme.test'));
       assert.equal(copies.length, method === 'claimJobs' ? 1 : 2);
     } finally {
-      await worker.stop(1000);
-      await broker.close();
-      await transport.close();
-      await real.close();
+      await close();
     }
   });
 }
 
-/** The real store, except that the named method answers `delayMs` late (a store busy syncing). */
-function slow(store: Store, method: keyof Store, delayMs: number): Store {
-  return new Proxy(store, {
-    get(target, name, receiver) {
-      const value = Reflect.get(target, name, receiver);
-      if (name !== method || typeof value !== 'function') return value;
-      return async (...args: unknown[]) => {
-        await new Promise((resolve) => setTimeout(resolve, delayMs));
-        return value.apply(target, args);
-      };
-    },
-  });
-}
-
 test('stop with no time left still releases a job whose claim was being written', async () => {
-  const real = new SqliteStore(join(dataDir, 'slow-claim.db'));
-  await real.migrate();
-  const store = slow(real, 'claimJobs', 300);
-  const broker = new EmbeddedBroker(store, { pollIntervalMs: 20, logger });
-  const transport = new SmtpTransport({ url: `smtp://127.0.0.1:${sink.port}`, pool: 1, timeoutMs: 2000 });
-  const worker = new Worker(
-    store,
-    broker,
-    transport,
-    { leaseMs: 60_000, concurrency: 4, maxAttempts: 5, retryBaseMs: 50, retryMaxMs: 100 },
-    logger,
+  const { real, worker, close } = await startRig('slow-claim', 60_000, (store) =>
+    slow(store, 'claimJobs', 300),
   );
   const id = '0190a1b2-c3d4-7e5f-8a9b-000000000003';
   try {
@@ -136,15 +159,11 @@ test('stop with no time left still releases a job whose claim was being written'
     assert.equal(job?.status, 'queued');
     assert.equal(job?.events.at(-1)?.detail.reason, 'shutdown');
   } finally {
-    await broker.close();
-    await transport.close();
-    await real.close();
+    await close();
   }
 });
 
 test('a consumer stopped while it looks for due jobs hands out nothing', async () => {
-  const real = new SqliteStore(join(dataDir, 'slow-poll.db'));
-  await real.migrate();
   let entered!: () => void;
   const pollEntered = new Promise<void>((resolve) => {
     entered = resolve;
@@ -153,20 +172,15 @@ test('a consumer stopped while it looks for due jobs hands out nothing', async (
   const pollReturned = new Promise<void>((resolve) => {
     returned = resolve;
   });
-  const store = new Proxy(real, {
-    get(target, name, receiver) {
-      const value = Reflect.get(target, name, receiver);
-      if (name !== 'findDueJobs') return value;
-      return async (...args: Parameters<Store['findDueJobs']>) => {
-        entered();
-        await new Promise((resolve) => setTimeout(resolve, 100));
-        const due = await target.findDueJobs(...args);
-        setImmediate(returned); // after the consumer has seen the answer
-        return due;
-      };
-    },
-  });
-  const broker = new EmbeddedBroker(store, { pollIntervalMs: 20, logger });
+  const { real, broker, close } = await startRig('slow-poll', 60_000, (store) =>
+    intercept(store, 'findDueJobs', async (real, args) => {
+      entered();
+      await sleep(100);
+      const due = await real(...args);
+      setImmediate(returned); // after the consumer has seen the answer
+      return due;
+    }),
+  );
   try {
     await real.createJobs([newJob('0190a1b2-c3d4-7e5f-8a9b-000000000004')]);
     const handed: string[] = [];
@@ -178,7 +192,6 @@ test('a consumer stopped while it looks for due jobs hands out nothing', async (
     await pollReturned;
     assert.deepEqual(handed, []);
   } finally {
-    await broker.close();
-    await real.close();
+    await close();
   }
 });
