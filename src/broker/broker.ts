@@ -6,7 +6,7 @@
  * when it is given up. A delivery that is never settled (the worker died) comes back.
  * No client, channel or connection type crosses this port.
  */
-import type { DeadLetterReason, Priority } from '../domain/email.js';
+import type { DeadLetterReason, NewJob, Priority } from '../domain/email.js';
 import type { ComponentHealth } from '../transport/transport.js';
 
 /** What travels through the broker: a pointer to a committed job, plus context. */
@@ -15,6 +15,40 @@ export interface JobMessage {
   readonly priority: Priority;
   /** W3C trace context and other propagation headers. */
   readonly headers: Readonly<Record<string, string>>;
+  /**
+   * The email itself, when a producer outside Mailroom published it straight to the broker: the job
+   * to create on first sight (its id, or its idempotency key, makes a republish a no-op). Absent on
+   * what Mailroom publishes: then the job is already in the Store.
+   */
+  readonly newJob?: NewJob;
+}
+
+/**
+ * Why a broker gave a message up. The Store's dead-letter reasons, plus two only a broker meets:
+ * a payload it could not decode, and a message it delivered more often than its limit allows.
+ */
+export type BrokerDeadLetterReason = DeadLetterReason | 'undecodable' | 'delivery_limit';
+
+/** A message body on the wire, with the content type that says how to read it. */
+export interface EncodedMessage {
+  readonly body: Uint8Array;
+  readonly contentType: string;
+}
+
+export type DecodeResult =
+  | { readonly ok: true; readonly message: JobMessage }
+  /** Never to be redelivered: the broker dead-letters it at once with this reason. */
+  | { readonly ok: false; readonly reason: 'undecodable' | 'invalid_message'; readonly error: string };
+
+/**
+ * Turns job messages into bytes and back (the wire contract, proto/email.proto). Network brokers
+ * hold one; it knows nothing of any broker.
+ */
+export interface MessageCodec {
+  /** What Mailroom publishes: a pointer to a committed job (id, priority, trace context). */
+  encode(message: JobMessage): EncodedMessage;
+  /** Reads what anyone published: protobuf, JSON or MessagePack, by content type. */
+  decode(body: Uint8Array, contentType: string | undefined): DecodeResult;
 }
 
 export interface Delivery {
@@ -26,7 +60,7 @@ export interface Delivery {
   /** Deliver again after `delayMs` (the job was deferred). */
   retryLater(delayMs: number): Promise<void>;
   /** Give the message up, with a reason a person can read. */
-  deadLetter(reason: DeadLetterReason, error?: string): Promise<void>;
+  deadLetter(reason: BrokerDeadLetterReason, error?: string): Promise<void>;
 }
 
 export interface ConsumeOptions {

@@ -101,7 +101,44 @@ export type CancelResult =
   | { readonly kind: 'not_found' }
   | { readonly kind: 'invalid_state'; readonly status: JobStatus };
 
+/** A job whose message a dispatcher must publish to the broker. */
+export interface OutboxEntry {
+  readonly jobId: string;
+  readonly priority: Priority;
+  /** Propagation headers saved with the job (W3C trace context). */
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/**
+ * The outbox, for brokers that are not the Store (`Broker.publishesOnCommit` false): it closes the
+ * gap between committing a job and publishing its message. `createJobs` and `replayDeadLetters`
+ * add an entry in the same transaction as the job; a dispatcher takes entries, publishes them with
+ * confirms and completes them. An entry taken by a dispatcher that died comes back when its
+ * hold expires, so every committed job is published at least once.
+ */
+export interface Outbox {
+  /**
+   * Takes up to `limit` entries that are due (`send_at` reached for scheduled jobs), hiding them from
+   * other dispatchers for `holdMs`. Concurrent callers never get the same entry while it is held.
+   */
+  take(now: number, limit: number, holdMs: number): Promise<OutboxEntry[]>;
+  /** Removes entries whose publish the broker confirmed. */
+  complete(jobIds: readonly string[]): Promise<void>;
+  /**
+   * The safety net for messages lost outside Mailroom (a queue purged, a broker's delivery limit):
+   * adds entries for `processing` and `deferred` jobs whose `run_at` (lease expiry or retry time)
+   * passed before `staleBefore` and that have no entry yet. Returns how many were added.
+   */
+  sweep(staleBefore: number, limit: number): Promise<number>;
+}
+
 export interface Store {
+  /**
+   * Present on stores that can serve a network broker (PostgreSQL). The composition root turns it
+   * on (the adapter's `outbox` option) only when the broker is not the Store itself.
+   */
+  readonly outbox?: Outbox;
+
   /** Creates tables or brings them up to date. Safe to call on every start. */
   migrate(): Promise<void>;
   close(): Promise<void>;
@@ -109,6 +146,8 @@ export interface Store {
 
   /**
    * Commits new jobs with their first event, in one transaction, honouring idempotency keys.
+   * A job whose id already exists is not written again: its result is `duplicate` with the stored
+   * status (a producer outside Mailroom republished it).
    * Results are in the order of `jobs`. Resolves only once the commit is durable.
    */
   createJobs(jobs: readonly NewJob[]): Promise<CreateJobResult[]>;
