@@ -281,7 +281,7 @@ export class SqliteStore implements Store {
     const scheduled = job.sendAt !== undefined && job.sendAt > job.createdAt;
     const status: JobStatus = scheduled ? 'scheduled' : 'queued';
     const s = this.statements;
-    s.insertJob.run({
+    const inserted = s.insertJob.run({
       id: job.id,
       status,
       priority: PRIORITY_RANK[job.priority],
@@ -293,6 +293,11 @@ export class SqliteStore implements Store {
       metadata: JSON.stringify(job.metadata),
       created_at: job.createdAt,
     });
+    if (inserted.changes === 0) {
+      // The id is taken: a producer outside Mailroom republished a message with the same job id.
+      const stored = s.getJob.get(job.id) as JobRow;
+      return { kind: 'duplicate', id: job.id, status: stored.status };
+    }
     for (const address of recipientsOf(job.content)) s.insertRecipient.run(address, job.id);
     for (const tag of new Set(job.tags)) s.insertTag.run(tag, job.id);
     this.addEvent(
@@ -397,7 +402,8 @@ export class SqliteStore implements Store {
       ),
       insertJob: db.prepare(`INSERT INTO jobs
         (id, status, priority, attempts, run_at, send_at, message_id, content, tags, metadata, created_at, updated_at)
-        VALUES (@id, @status, @priority, 0, @run_at, @send_at, @message_id, @content, @tags, @metadata, @created_at, @created_at)`),
+        VALUES (@id, @status, @priority, 0, @run_at, @send_at, @message_id, @content, @tags, @metadata, @created_at, @created_at)
+        ON CONFLICT (id) DO NOTHING`),
       insertRecipient: db.prepare('INSERT OR IGNORE INTO job_recipients (address, job_id) VALUES (?, ?)'),
       insertTag: db.prepare('INSERT OR IGNORE INTO job_tags (tag, job_id) VALUES (?, ?)'),
       insertEvent: db.prepare(
