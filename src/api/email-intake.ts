@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { v7 as uuidv7 } from 'uuid';
 import type { Broker } from '../broker/broker.js';
@@ -8,6 +7,7 @@ import { MailroomError } from '../errors.js';
 import { messageIdFor } from '../mime/message-id.js';
 import type { CreateJobResult, Store } from '../store/store.js';
 import { Batcher } from '../util/batcher.js';
+import { hashRequest } from '../util/hash-request.js';
 
 export interface IntakeOptions {
   readonly maxBacklog: number;
@@ -130,20 +130,4 @@ export class EmailIntake {
       this.logger.warn({ err: error }, 'could not count the backlog');
     }
   }
-}
-
-/** SHA-256 of the request with object keys sorted, so key order in the JSON does not matter. */
-export function hashRequest(body: unknown): string {
-  return createHash('sha256').update(canonicalJson(body)).digest('hex');
-}
-
-function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  if (value !== null && typeof value === 'object') {
-    const entries = Object.entries(value as Record<string, unknown>)
-      .filter(([, item]) => item !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([key, item]) => `${JSON.stringify(key)}:${canonicalJson(item)}`).join(',')}}`;
-  }
-  return JSON.stringify(value) ?? 'null';
 }
