@@ -1,0 +1,163 @@
+/**
+ * The PostgreSQL store's connection pool, and the two ways it runs SQL: one statement, or a
+ * transaction. Nothing here knows about jobs.
+ */
+import pg from 'pg';
+
+/** Statements on one connection: what a transaction's work is given. */
+export type Sql = Pick<pg.PoolClient, 'query'>;
+
+export interface DatabaseOptions {
+  readonly url: string;
+  /** Already checked with `checkSchemaName`. */
+  readonly schema: string;
+  readonly poolSize: number;
+  /** How long getting a connection (opening one, or waiting for a free one) may take. */
+  readonly connectTimeoutMs: number;
+  readonly statementTimeoutMs?: number;
+}
+
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/** Throws unless `schema` is a plain lower-case identifier: it goes into SQL and a startup option unquoted. */
+export function checkSchemaName(schema: string): string {
+  if (!SCHEMA_NAME.test(schema)) {
+    throw new Error(
+      `invalid PostgreSQL schema name ${JSON.stringify(schema)}: use lower-case letters, digits and _ (not first), at most 63`,
+    );
+  }
+  return schema;
+}
+
+/**
+ * Times are epoch ms in BIGINT columns, and pg returns BIGINT as a string to be safe beyond 2^53.
+ * Milliseconds stay far below that, so they come back as numbers. Per pool, not pg's global parser.
+ */
+const TYPES: pg.CustomTypesConfig = {
+  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+    oid === pg.types.builtins.INT8
+      ? Number
+      : pg.types.getTypeParser(oid, format)) as pg.CustomTypesConfig['getTypeParser'],
+};
+
+export class Database {
+  readonly connectTimeoutMs: number;
+  private readonly pool: pg.Pool;
+  /** Dead connections a call may meet in a row: at most every one the pool holds. */
+  private readonly maxDeadConnections: number;
+  private ended = false;
+
+  constructor(options: DatabaseOptions) {
+    if (hasOptionsParameter(options.url)) {
+      // pg lets the URL's parameters override the config: `options` there would drop the search_path.
+      throw new Error(
+        'the PostgreSQL URL must not carry an `options` parameter: the store sets search_path through it',
+      );
+    }
+    this.maxDeadConnections = options.poolSize;
+    this.connectTimeoutMs = options.connectTimeoutMs;
+    this.pool = new pg.Pool({
+      connectionString: options.url,
+      max: options.poolSize,
+      connectionTimeoutMillis: options.connectTimeoutMs,
+      keepAlive: true,
+      options: `-c search_path=${options.schema}`,
+      // Names the schema in pg_stat_activity: which Mailroom a connection (or a lock) belongs to.
+      application_name: `mailroom:${options.schema}`,
+      types: TYPES,
+      ...(options.statementTimeoutMs !== undefined && { statement_timeout: options.statementTimeoutMs }),
+    });
+    // A connection that dies (server restart, pg_terminate_backend, network) emits 'error': on the
+    // pool while idle (the pool drops it and opens another when needed), on the client while checked
+    // out (its statements reject, and the transaction's caller gets that). Unhandled, either event
+    // would crash the process.
+    this.pool.on('error', () => {});
+    this.pool.on('connect', (client) => client.on('error', () => {}));
+  }
+
+  /**
+   * Runs one statement. If the connection it got turns out to be dead (closed by the server while
+   * idle in the pool, before the pool noticed: a restart ends them all at once), it runs it again
+   * on another. Only for statements that are safe to repeat: reads, and writes whose repetition
+   * changes nothing.
+   */
+  async query<R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>> {
+    return this.withLiveConnection(
+      (client) => client.query<R>(text, values),
+      (client, result) => {
+        client.release();
+        return result;
+      },
+    );
+  }
+
+  /**
+   * Runs `work` in a transaction and commits it before resolving (synchronous_commit stays on: the
+   * commit is durable). Rolls back and rejects if `work` throws. A connection found dead at BEGIN
+   * is replaced: nothing was sent on it yet.
+   */
+  async transaction<T>(work: (sql: Sql) => Promise<T>): Promise<T> {
+    const client = await this.withLiveConnection(
+      (client) => client.query('BEGIN'),
+      (client) => client,
+    );
+    try {
+      const result = await work(client);
+      await client.query('COMMIT');
+      client.release();
+      return result;
+    } catch (error) {
+      await client.query('ROLLBACK').then(
+        () => client.release(),
+        // The connection itself failed: the pool must not hand it out again.
+        (rollbackError: Error) => client.release(rollbackError),
+      );
+      throw error;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    await this.pool.end();
+  }
+
+  /** Runs `first` on a pooled connection, and again on another as long as the one it got was dead. */
+  private async withLiveConnection<F, T>(
+    first: (client: pg.PoolClient) => Promise<F>,
+    then: (client: pg.PoolClient, result: F) => T,
+  ): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const client = await this.pool.connect();
+      let result: F;
+      try {
+        result = await first(client);
+      } catch (error) {
+        // Like pg's own pool.query: a connection that failed a statement is not reused.
+        client.release(error as Error);
+        if (attempt <= this.maxDeadConnections && isConnectionLost(error)) continue;
+        throw error;
+      }
+      return then(client, result);
+    }
+  }
+}
+
+/** SQLSTATE classes that mean the connection is gone, not that the statement was wrong. */
+const CONNECTION_LOST_CODE = /^(08|57P01|57P02|57P03)/;
+const CONNECTION_LOST_MESSAGE = /Connection terminated|not queryable|ECONNRESET|EPIPE/;
+
+export function isConnectionLost(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  if (typeof code === 'string' && (CONNECTION_LOST_CODE.test(code) || /^(ECONNRESET|EPIPE)$/.test(code)))
+    return true;
+  return typeof message === 'string' && CONNECTION_LOST_MESSAGE.test(message);
+}
+
+function hasOptionsParameter(url: string): boolean {
+  try {
+    return new URL(url).searchParams.has('options');
+  } catch {
+    return false;
+  }
+}
