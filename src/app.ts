@@ -5,16 +5,16 @@ import { ApiKeyAuth } from './api/auth.js';
 import { buildServer } from './api/build-server.js';
 import { EmailIntake } from './api/email-intake.js';
 import type { Broker } from './broker/broker.js';
-import { EmbeddedBroker } from './broker/embedded/embedded-broker.js';
+import { DEFAULT_DISPATCHER_OPTIONS, OutboxDispatcher } from './broker/outbox-dispatcher.js';
 import { type Config, HOUR } from './config/config-schema.js';
-import { sqlitePath } from './config/load-config.js';
 import { parseMailbox } from './domain/validate-email.js';
 import { MailroomError } from './errors.js';
 import { DevInbox } from './inbox/dev-inbox.js';
-import { ThreadedSqliteStore } from './store/sqlite/threaded-sqlite-store.js';
+import { createBroker, createStore } from './select-adapters.js';
 import type { Store } from './store/store.js';
 import { SmtpTransport } from './transport/smtp/smtp-transport.js';
 import type { Transport } from './transport/transport.js';
+import { WireCodec } from './wire/wire-codec.js';
 import { Worker } from './worker/worker.js';
 
 export interface AppRoles {
@@ -52,11 +52,27 @@ export async function buildApp(
       `Invalid configuration:\n  MAILROOM_FROM=${JSON.stringify(config.from)}: ${defaultFrom.message}`,
     );
   }
-  const store: Store = new ThreadedSqliteStore(sqlitePath(config));
+  const validation = () => ({
+    defaultFrom: config.from,
+    maxRecipients: MAX_RECIPIENTS,
+    maxMessageBytes: config.maxMessageBytes,
+    maxScheduleAheadMs: SCHEDULE_AHEAD_MAX_MS,
+    now: Date.now(),
+  });
+  const store: Store = createStore(config);
   await store.migrate();
-  const broker: Broker = new EmbeddedBroker(store, { pollIntervalMs: config.pollIntervalMs, logger });
+  const codec = new WireCodec({ validation, idempotencyTtlMs: IDEMPOTENCY_TTL_MS });
+  const broker: Broker = createBroker(config, store, codec, logger);
+  // A network broker is fed from the store's outbox; the embedded one reads the store directly.
+  const dispatcher =
+    store.outbox && !broker.publishesOnCommit
+      ? new OutboxDispatcher(store.outbox, broker, { ...DEFAULT_DISPATCHER_OPTIONS, logger })
+      : undefined;
+  /** Committed jobs are waiting: publish them, or wake the embedded consumer. */
+  const workAdded = () => (dispatcher ? dispatcher.notify() : broker.notify());
+  // The dev inbox runs where the sends are: with the worker, when no relay is configured.
   const inbox =
-    config.smtpUrl === undefined
+    config.smtpUrl === undefined && roles.worker
       ? new DevInbox({
           host: '127.0.0.1',
           smtpPort: config.inboxSmtpPort,
@@ -69,7 +85,7 @@ export async function buildApp(
   let worker: Worker | undefined;
   const intake = new EmailIntake(
     store,
-    broker,
+    workAdded,
     { maxBacklog: config.maxBacklog, idempotencyTtlMs: IDEMPOTENCY_TTL_MS },
     logger,
   );
@@ -86,13 +102,8 @@ export async function buildApp(
     intake,
     auth: new ApiKeyAuth(config.apiKeys ?? []),
     inbox,
-    validation: () => ({
-      defaultFrom: config.from,
-      maxRecipients: MAX_RECIPIENTS,
-      maxMessageBytes: config.maxMessageBytes,
-      maxScheduleAheadMs: SCHEDULE_AHEAD_MAX_MS,
-      now: Date.now(),
-    }),
+    workAdded,
+    validation,
     workerHealth: () =>
       roles.worker
         ? { ok: worker?.running ?? false, detail: `${worker?.activeCount ?? 0} in flight` }
@@ -120,6 +131,7 @@ export async function buildApp(
       });
     }
     await broker.start();
+    dispatcher?.start();
     await intake.start();
     pruneTimer = setInterval(() => void store.pruneIdempotencyKeys(Date.now() - IDEMPOTENCY_TTL_MS), HOUR);
     pruneTimer.unref();
@@ -129,7 +141,7 @@ export async function buildApp(
       if (inbox) urls.inboxUrl = `${address}/inbox`;
     }
     if (roles.worker && transport) {
-      worker = new Worker(store, broker, transport, config, logger);
+      worker = new Worker(store, broker, transport, { ...config, workAdded }, logger);
       await worker.start();
     }
     return urls;
@@ -158,6 +170,7 @@ export async function buildApp(
       ['worker', () => worker?.stop(config.shutdownTimeoutMs)],
       ['http server', () => server?.close()],
       ['intake', () => intake.stop()],
+      ['outbox dispatcher', () => dispatcher?.stop()],
       ['transport', () => transport?.close()],
       ['broker', () => broker.close()],
       ['dev inbox', () => inbox?.close()],

@@ -2,17 +2,21 @@ import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import dotenv from 'dotenv';
 import type { Logger } from 'pino';
-import { buildApp } from './app.js';
+import { type AppRoles, buildApp } from './app.js';
 import type { Config } from './config/config-schema.js';
-import { loadConfig } from './config/load-config.js';
+import { loadConfig, storeKind } from './config/load-config.js';
 import { MailroomError } from './errors.js';
 import { startInboxServer } from './inbox/inbox-server.js';
 import { createLogger } from './logging/logger.js';
+import { createStore } from './select-adapters.js';
 
 const USAGE = `Usage: mailroom <command> [options]
 
 Commands:
   start                         API, worker and (without MAILROOM_SMTP_URL) the dev inbox, in one process
+  api                           the HTTP API alone (scaled out: needs MAILROOM_DATABASE_URL=postgres://…)
+  worker                        a worker alone (scaled out: needs MAILROOM_DATABASE_URL=postgres://…)
+  migrate                       create or update the store's tables, then exit
   inbox                         the dev inbox alone: SMTP on MAILROOM_INBOX_SMTP_PORT, pages on MAILROOM_INBOX_HTTP_PORT
   send --to A --subject S --text T [--html H] [--from F]
                                 send an email through the API at MAILROOM_URL
@@ -29,7 +33,15 @@ async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'start':
-      return runServer().catch(explainStartupError([['MAILROOM_PORT', 'port']]));
+      return runServer({ api: true, worker: true }).catch(explainStartupError([['MAILROOM_PORT', 'port']]));
+    case 'api':
+      return runServer({ api: true, worker: false }).catch(explainStartupError([['MAILROOM_PORT', 'port']]));
+    case 'worker':
+      return runServer({ api: false, worker: true }).catch(
+        explainStartupError([['MAILROOM_INBOX_SMTP_PORT', 'inboxSmtpPort']]),
+      );
+    case 'migrate':
+      return migrate();
     case 'inbox':
       return runInbox().catch(
         explainStartupError([
@@ -106,9 +118,15 @@ function setup(): { config: Config; logger: Logger } {
   return { config, logger };
 }
 
-async function runServer(): Promise<number> {
+async function runServer(roles: AppRoles): Promise<number> {
   const { config, logger } = setup();
-  const app = await buildApp(config, logger);
+  if (!(roles.api && roles.worker) && storeKind(config) === 'sqlite') {
+    throw new MailroomError(
+      'CONFIG_INVALID',
+      'Invalid configuration:\n  MAILROOM_DATABASE_URL: expected postgres://… to run the API and workers as separate processes (they must share a store); with the embedded SQLite store, run `mailroom start`',
+    );
+  }
+  const app = await buildApp(config, logger, roles);
   const starting = app.start();
   // Listen for signals before start() finishes: a SIGTERM during start-up then waits for it and
   // stops gracefully, instead of killing a worker that may already hold claimed jobs.
@@ -118,14 +136,30 @@ async function runServer(): Promise<number> {
   });
   const urls = await starting;
   const lines = [
-    `API      ${urls.apiUrl}  (docs: ${urls.apiUrl}/docs)`,
-    urls.inboxUrl ? `Inbox    ${urls.inboxUrl}  (SMTP ${urls.inboxSmtp})` : 'Relay    MAILROOM_SMTP_URL',
+    ...(urls.apiUrl ? [`API      ${urls.apiUrl}  (docs: ${urls.apiUrl}/docs)`] : []),
+    ...(roles.worker ? ['Worker   running'] : []),
+    urls.inboxUrl || urls.inboxSmtp
+      ? `Inbox    ${urls.inboxUrl ?? '(pages served by `mailroom start` or `mailroom inbox`)'}  (SMTP ${urls.inboxSmtp})`
+      : 'Relay    MAILROOM_SMTP_URL',
+    `Store    ${storeKind(config)}, broker ${app.broker.name}`,
   ];
   logger.info(
     { api: urls.apiUrl, inbox: urls.inboxUrl, inbox_smtp: urls.inboxSmtp },
     `Mailroom is running\n  ${lines.join('\n  ')}`,
   );
   return exitCode;
+}
+
+async function migrate(): Promise<number> {
+  const { config, logger } = setup();
+  const store = createStore(config);
+  try {
+    await store.migrate();
+    logger.info({ store: storeKind(config) }, 'the store is up to date');
+    return 0;
+  } finally {
+    await store.close();
+  }
 }
 
 async function runInbox(): Promise<number> {

@@ -30,6 +30,11 @@ export const ERROR_CODES = {
     description: 'The store could not commit the job; nothing was accepted.',
   },
   INTERNAL: { status: 500, description: 'An unexpected error; the log has the detail.' },
+  BROKER_UNAVAILABLE: {
+    status: 0,
+    description:
+      'The network broker is disconnected: publishes are refused at once; committed jobs wait in the outbox.',
+  },
   CONFIG_INVALID: { status: 0, description: 'A configuration variable has a wrong value; start-up stops.' },
   // Delivery outcomes, recorded in a job's history as `detail.code`.
   SMTP_TRANSIENT: {

@@ -16,6 +16,8 @@ export interface ApiContext {
   readonly intake: EmailIntake;
   readonly auth: ApiKeyAuth;
   readonly inbox: DevInbox | undefined;
+  /** Jobs were committed (replayed, say): publish or pick them up now rather than at the next poll. */
+  workAdded(): void;
   /** Limits and defaults for validating one request, `now` included. */
   validation(): ValidationContext;
   /** The worker's state for /ready; undefined when this process runs no worker. */

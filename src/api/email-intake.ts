@@ -1,6 +1,5 @@
 import type { Logger } from 'pino';
 import { v7 as uuidv7 } from 'uuid';
-import type { Broker } from '../broker/broker.js';
 import type { JobStatus, NewJob } from '../domain/email.js';
 import type { ValidatedEmail } from '../domain/validate-email.js';
 import { MailroomError } from '../errors.js';
@@ -37,7 +36,8 @@ const BACKLOG_REFRESH_MS = 1000;
 /**
  * Accepts emails: turns validated requests into jobs and commits them in groups (one transaction
  * and one fsync for every request that arrived in the same tick). A request resolves only after
- * its job is durable; then the broker is told there is work.
+ * its job is durable; then `onCommit` says there is work (wakes the embedded broker or the outbox
+ * dispatcher).
  */
 export class EmailIntake {
   private readonly commits: Batcher<NewJob, CreateJobResult>;
@@ -46,14 +46,14 @@ export class EmailIntake {
 
   constructor(
     private readonly store: Store,
-    private readonly broker: Broker,
+    private readonly onCommit: () => void,
     private readonly options: IntakeOptions,
     private readonly logger: Logger,
   ) {
     this.commits = new Batcher(async (jobs) => {
       const results = await this.store.createJobs(jobs);
       this.backlog += results.filter((result) => result.kind === 'created').length;
-      if (this.broker.publishesOnCommit) this.broker.notify();
+      this.onCommit();
       return results;
     }, MAX_GROUP_COMMIT);
   }

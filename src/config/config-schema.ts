@@ -50,6 +50,17 @@ function urlWithScheme(...schemes: string[]) {
   };
 }
 
+function databaseUrl(raw: string): string | undefined {
+  const value = raw.trim();
+  if (/^sqlite:.+/.test(value)) return value;
+  return urlWithScheme('postgres', 'postgresql')(value);
+}
+
+function queueName(raw: string): string | undefined {
+  const value = raw.trim();
+  return /^[A-Za-z0-9_.:-]{1,200}$/.test(value) ? value : undefined;
+}
+
 function keyList(raw: string): string[] | undefined {
   const keys = raw
     .split(',')
@@ -92,16 +103,58 @@ export const CONFIG_SCHEMA = {
   },
   databaseUrl: {
     env: 'MAILROOM_DATABASE_URL',
-    expected: 'sqlite:PATH',
-    description: 'The store. Default: `sqlite:` + MAILROOM_DATA_DIR/mailroom.db.',
-    parse: (raw: string) => (/^sqlite:.+/.test(raw.trim()) ? raw.trim() : undefined),
+    expected: 'sqlite:PATH or postgres://user[:pass]@host[:port]/database',
+    description:
+      'The store. Default: `sqlite:` + MAILROOM_DATA_DIR/mailroom.db. `postgres://` selects PostgreSQL, which several processes can share.',
+    parse: databaseUrl,
+    secret: true,
+  },
+  databaseSchema: {
+    env: 'MAILROOM_DATABASE_SCHEMA',
+    default: 'mailroom',
+    expected: 'a lower-case SQL identifier (letters, digits, _), at most 63 characters',
+    description: 'PostgreSQL only: the schema that holds Mailroom’s tables (created by the migrations).',
+    parse: (raw: string) => (/^[a-z_][a-z0-9_]{0,62}$/.test(raw.trim()) ? raw.trim() : undefined),
+  },
+  databasePool: {
+    env: 'MAILROOM_DATABASE_POOL',
+    default: '10',
+    expected: 'an integer from 1 to 200',
+    description: 'PostgreSQL only: connections per process.',
+    parse: integer(1, 200),
   },
   brokerUrl: {
     env: 'MAILROOM_BROKER_URL',
     default: 'embedded',
-    expected: '`embedded`',
-    description: 'The broker. `embedded` keeps the queue in the store (no external server).',
-    parse: oneOf('embedded'),
+    expected: '`embedded` or amqp[s]://user:pass@host[:port][/vhost]',
+    description:
+      'The broker. `embedded` keeps the queue in the store (no external server); `amqp://` selects RabbitMQ, which needs the PostgreSQL store.',
+    parse: (raw: string) => (raw.trim() === 'embedded' ? 'embedded' : urlWithScheme('amqp', 'amqps')(raw)),
+    secret: true,
+  },
+  amqpQueue: {
+    env: 'MAILROOM_AMQP_QUEUE',
+    default: 'email_tasks',
+    expected: 'a queue name: letters, digits and . _ : -, at most 200 characters',
+    description:
+      'RabbitMQ only: the work queue (normal priority); `.high` and `.low` are appended for the other priorities, `.delay.<ms>` for retry delays, `.dlx` for the dead-letter exchange.',
+    parse: queueName,
+  },
+  amqpDeadLetterQueue: {
+    env: 'MAILROOM_AMQP_DEAD_LETTER_QUEUE',
+    default: 'email_failed_queue',
+    expected: 'a queue name: letters, digits and . _ : -, at most 200 characters',
+    description:
+      'RabbitMQ only: where given-up messages go, with the reason and last error in headers (`x-mailroom-reason`, `x-mailroom-error`).',
+    parse: queueName,
+  },
+  prefetch: {
+    env: 'MAILROOM_PREFETCH',
+    default: '64',
+    expected: 'an integer from 1 to 10000',
+    description:
+      'RabbitMQ only: unacknowledged messages a worker process may hold per priority queue, ahead of its MAILROOM_CONCURRENCY sends.',
+    parse: integer(1, 10_000),
   },
   smtpUrl: {
     env: 'MAILROOM_SMTP_URL',

@@ -42,6 +42,11 @@ function crossChecks(config: Config): string[] {
       `MAILROOM_RETRY_MAX_MS=${config.retryMaxMs}: expected at least MAILROOM_RETRY_BASE_MS (${config.retryBaseMs})`,
     );
   }
+  if (isNetworkBroker(config) && storeKind(config) !== 'postgres') {
+    problems.push(
+      'MAILROOM_BROKER_URL=(hidden): a network broker needs MAILROOM_DATABASE_URL=postgres://… too, so that the API and worker processes share one store',
+    );
+  }
   if (!isLoopback(config.host) && (config.apiKeys ?? []).length === 0) {
     problems.push(
       `MAILROOM_HOST=${config.host}: a non-loopback address needs MAILROOM_API_KEYS, or anyone on the network could send mail`,
@@ -54,6 +59,19 @@ export function isLoopback(host: string): boolean {
   if (host === 'localhost') return true;
   if (isIP(host) === 4) return host.startsWith('127.');
   return host === '::1' || host === '[::1]';
+}
+
+export type StoreKind = 'sqlite' | 'postgres';
+
+export function storeKind(config: Config): StoreKind {
+  return config.databaseUrl !== undefined && /^postgres(ql)?:/.test(config.databaseUrl)
+    ? 'postgres'
+    : 'sqlite';
+}
+
+/** True when the broker is a server of its own (RabbitMQ), not the store. */
+export function isNetworkBroker(config: Config): boolean {
+  return config.brokerUrl !== 'embedded';
 }
 
 /** The SQLite file path the configuration points at. */

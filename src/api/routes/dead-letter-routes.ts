@@ -81,7 +81,7 @@ export async function registerDeadLetterRoutes(app: FastifyInstance, ctx: ApiCon
 
 async function replay(ctx: ApiContext, filter: DeadLetterFilter): Promise<string[]> {
   const ids = await ctx.store.replayDeadLetters(filter, Date.now());
-  if (ids.length > 0) ctx.broker.notify();
+  if (ids.length > 0) ctx.workAdded();
   return ids;
 }
 

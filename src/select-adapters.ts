@@ -1,0 +1,40 @@
+/**
+ * Which Store and Broker the configuration asks for. The only place that knows the adapters'
+ * classes; everything else sees the ports.
+ */
+import type { Logger } from 'pino';
+import type { Broker, MessageCodec } from './broker/broker.js';
+import { EmbeddedBroker } from './broker/embedded/embedded-broker.js';
+import { RabbitMqBroker } from './broker/rabbitmq/rabbitmq-broker.js';
+import type { Config } from './config/config-schema.js';
+import { isNetworkBroker, sqlitePath, storeKind } from './config/load-config.js';
+import { PostgresStore } from './store/postgres/postgres-store.js';
+import { ThreadedSqliteStore } from './store/sqlite/threaded-sqlite-store.js';
+import type { Store } from './store/store.js';
+
+export function createStore(config: Config): Store {
+  if (storeKind(config) === 'postgres') {
+    return new PostgresStore({
+      url: config.databaseUrl!,
+      schema: config.databaseSchema,
+      poolSize: config.databasePool,
+      // The outbox is needed only when the broker is not the store itself.
+      outbox: isNetworkBroker(config),
+    });
+  }
+  return new ThreadedSqliteStore(sqlitePath(config));
+}
+
+export function createBroker(config: Config, store: Store, codec: MessageCodec, logger: Logger): Broker {
+  if (!isNetworkBroker(config)) {
+    return new EmbeddedBroker(store, { pollIntervalMs: config.pollIntervalMs, logger });
+  }
+  return new RabbitMqBroker({
+    url: config.brokerUrl,
+    queue: config.amqpQueue,
+    deadLetterQueue: config.amqpDeadLetterQueue,
+    prefetch: config.prefetch,
+    codec,
+    logger,
+  });
+}
