@@ -1,9 +1,16 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Broker, Consumer, Delivery } from '../broker/broker.js';
-import type { Job } from '../domain/email.js';
+import type { Job, NewJob } from '../domain/email.js';
 import { buildMessage } from '../mime/build-message.js';
-import type { ClaimRequest, ClaimResult, Outcome, RecordOutcome, Store } from '../store/store.js';
+import type {
+  ClaimRequest,
+  ClaimResult,
+  CreateJobResult,
+  Outcome,
+  RecordOutcome,
+  Store,
+} from '../store/store.js';
 import type { OutgoingMessage, Transport } from '../transport/transport.js';
 import { Batcher } from '../util/batcher.js';
 import { decideOutcome, type RetryPolicy } from './decide-outcome.js';
@@ -12,6 +19,8 @@ export interface WorkerOptions extends RetryPolicy {
   readonly leaseMs: number;
   /** Deliveries in flight at once (claim, build, send, record). */
   readonly concurrency: number;
+  /** Called after jobs from producers outside Mailroom were committed: wakes the outbox dispatcher. */
+  readonly workAdded?: () => void;
 }
 
 interface InFlight {
@@ -64,6 +73,7 @@ export class Worker {
   private readonly inFlight = new Map<Delivery, InFlight>();
   private readonly claims: Batcher<ClaimRequest, ClaimResult>;
   private readonly outcomes: Batcher<RecordOutcome, boolean>;
+  private readonly creations: Batcher<NewJob, CreateJobResult>;
 
   constructor(
     private readonly store: Store,
@@ -74,6 +84,7 @@ export class Worker {
   ) {
     this.claims = new Batcher((requests) => this.store.claimJobs(requests, Date.now()), MAX_BATCH);
     this.outcomes = new Batcher((outcomes) => this.store.recordOutcomes(outcomes, Date.now()), MAX_BATCH);
+    this.creations = new Batcher((jobs) => this.store.createJobs(jobs), MAX_BATCH);
   }
 
   get running(): boolean {
@@ -157,6 +168,7 @@ export class Worker {
   }
 
   private async process(delivery: Delivery, entry: InFlight): Promise<void> {
+    if (delivery.message.newJob) return this.ingest(delivery, delivery.message.newJob);
     const jobId = entry.jobId;
     const claim = await this.claims.add({ jobId, workerId: this.id, leaseMs: this.options.leaseMs });
     if (claim.kind !== 'claimed') return this.settleUnclaimed(delivery, claim);
@@ -199,18 +211,41 @@ export class Worker {
     await this.settle(delivery, outcome);
   }
 
+  /**
+   * A message a producer outside Mailroom published with the email in it. Commits its job (a no-op
+   * when its id or idempotency key is known already) and acknowledges the message; the job's outbox
+   * entry then publishes it like a job from the API, so scheduling, priority and retries work the
+   * same. A key reused for another email is given up at once: retrying cannot help.
+   */
+  private async ingest(delivery: Delivery, job: NewJob): Promise<void> {
+    const result = await this.creations.add(job);
+    if (result.kind === 'conflict') {
+      const error = `idempotency_key ${JSON.stringify(job.idempotency?.key)} was already used for a different email (job ${result.id})`;
+      this.logger.warn({ job_id: result.id }, `message from the broker dead-lettered: ${error}`);
+      return delivery.deadLetter('invalid_message', error);
+    }
+    if (result.kind === 'created') {
+      this.logger.info({ job_id: result.id, status: result.status }, 'accepted from the broker');
+      this.options.workAdded?.();
+    }
+    return delivery.ack();
+  }
+
   private async settleUnclaimed(
     delivery: Delivery,
     claim: Exclude<ClaimResult, { kind: 'claimed' }>,
   ): Promise<void> {
-    if (claim.kind === 'busy' && claim.status !== 'processing') {
-      // Not due yet (scheduled or deferred): bring the message back when it is.
+    if (claim.kind === 'busy') {
+      // Not due yet (scheduled or deferred), or leased by another worker: bring the message back
+      // when that changes. For a lease this matters on a network broker: if the holder died, this
+      // redelivery is the job's only message, and dropping it would leave the job to the sweeper.
+      // Should the holder finish first, the next claim says `finished` and the message is dropped.
       return delivery.retryLater(Math.max(0, claim.retryAt - Date.now()));
     }
     if (claim.kind === 'not_found') {
       this.logger.warn({ job_id: delivery.message.jobId }, 'worker: delivery for an unknown job, dropped');
     }
-    // Finished, or leased by a live worker who will record it: this redelivery is a no-op.
+    // Finished (or unknown): this redelivery is a no-op.
     return delivery.ack();
   }
 
