@@ -20,10 +20,10 @@ export interface HttpAnswer {
   readonly body: any;
 }
 
-/** `mailroom start` running as a child process, the way an operator runs it. */
+/** `mailroom start` (or `api`, `worker`) running as a child process, the way an operator runs it. */
 export interface MailroomProcess {
   readonly child: ChildProcess;
-  /** http://127.0.0.1:PORT, from the "Mailroom is running" log line. */
+  /** http://127.0.0.1:PORT, from the "Mailroom is running" log line; '' for `mailroom worker`. */
   readonly apiUrl: string;
   /** Resolves when the process has exited. */
   readonly exited: Promise<Exit>;
@@ -60,12 +60,15 @@ function hermeticEnv(env: Record<string, string>): Record<string, string> {
 }
 
 /**
- * Starts `mailroom start` from the TypeScript source through tsx, so a test never runs a stale
+ * Starts `mailroom <command>` from the TypeScript source through tsx, so a test never runs a stale
  * build in dist/. The working directory is the repository: the store's thread finds tsx from there.
- * Resolves once the API listens; rejects with the process's output if it exits or hangs first.
+ * Resolves once it reports running; rejects with the process's output if it exits or hangs first.
  */
-export async function startMailroomProcess(env: Record<string, string>): Promise<MailroomProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'start'], {
+export async function startMailroomProcess(
+  env: Record<string, string>,
+  command: 'start' | 'api' | 'worker' = 'start',
+): Promise<MailroomProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, command], {
     cwd: ROOT,
     env: hermeticEnv(env),
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -92,9 +95,9 @@ export async function startMailroomProcess(env: Record<string, string>): Promise
         return;
       }
       lines.push(entry);
-      if (typeof entry.api !== 'string') return;
+      if (!String(entry.msg ?? '').startsWith('Mailroom is running')) return;
       clearTimeout(timer);
-      resolve(entry.api);
+      resolve(typeof entry.api === 'string' ? entry.api : '');
     });
     void exited.then((exit) => {
       clearTimeout(timer);

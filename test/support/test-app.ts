@@ -6,6 +6,7 @@ import pino from 'pino';
 import { type App, buildApp } from '../../src/app.js';
 import { loadConfig } from '../../src/config/load-config.js';
 import { SmtpSink } from './smtp-sink.js';
+import { provisionShape } from './test-shape.js';
 import { waitFor } from './wait-for.js';
 
 export interface TestApp {
@@ -55,8 +56,10 @@ export async function startTestApp(
 ): Promise<TestApp> {
   await sink.start();
   const dataDir = mkdtempSync(join(tmpdir(), 'mailroom-test-'));
+  const shape = provisionShape();
   const config = loadConfig({
     ...FAST_ENV,
+    ...shape.env,
     MAILROOM_DATA_DIR: dataDir,
     MAILROOM_SMTP_URL: `smtp://127.0.0.1:${sink.port}`,
     ...env,
@@ -100,6 +103,7 @@ export async function startTestApp(
     async stop() {
       await app.stop();
       await sink.close();
+      await shape.cleanup();
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
