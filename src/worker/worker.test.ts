@@ -144,6 +144,24 @@ for (const method of ['claimJobs', 'recordOutcomes'] as const) {
   });
 }
 
+test('an outcome write that fails while the lease has time left is retried: the email is sent once', async () => {
+  const { real, worker, close } = await startRig('retried-outcome', 5000, (store) =>
+    failingFirst(store, 'recordOutcomes', 2),
+  );
+  const id = '0190a1b2-c3d4-7e5f-8a9b-000000000004';
+  try {
+    await real.createJobs([newJob(id)]);
+    await worker.start();
+    await waitFor('the job sent', async () => (await real.getJob(id))?.status === 'sent', 8000);
+    const job = await real.getJob(id);
+    assert.equal(job?.attempts, 1);
+    const copies = sink.messages().filter((m) => m.messageId === messageIdFor(id, 'noreply@acme.test'));
+    assert.equal(copies.length, 1);
+  } finally {
+    await close();
+  }
+});
+
 test('stop with no time left still releases a job whose claim was being written', async () => {
   const { real, worker, close } = await startRig('slow-claim', 60_000, (store) =>
     slow(store, 'claimJobs', 300),

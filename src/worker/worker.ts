@@ -26,6 +26,8 @@ export interface WorkerOptions extends RetryPolicy {
 interface InFlight {
   readonly jobId: string;
   leaseToken?: string;
+  /** Epoch ms before which the lease certainly holds (taken before the claim was asked for). */
+  leaseHoldsUntil?: number;
   /** The message was handed to the transport: the relay may have it even if we never hear back. */
   sending: boolean;
   /** Set once an outcome was recorded (or given up on at shutdown). */
@@ -37,6 +39,10 @@ interface InFlight {
 const MAX_BATCH = 256;
 /** After a Store error, how long a delivery waits before it is given back to the broker. */
 const STORE_ERROR_PAUSE_MS = 1000;
+/** Retrying an outcome write: first pause, longest pause, and how long before the lease ends to stop. */
+const OUTCOME_RETRY_FIRST_PAUSE_MS = 100;
+const OUTCOME_RETRY_MAX_PAUSE_MS = 2000;
+const OUTCOME_RETRY_MARGIN_MS = 1000;
 /** At shutdown, how long to wait for claims still being written after the drain deadline. */
 const CLAIM_GRACE_MS = 5000;
 
@@ -170,9 +176,11 @@ export class Worker {
   private async process(delivery: Delivery, entry: InFlight): Promise<void> {
     if (delivery.message.newJob) return this.ingest(delivery, delivery.message.newJob);
     const jobId = entry.jobId;
+    const askedAt = Date.now();
     const claim = await this.claims.add({ jobId, workerId: this.id, leaseMs: this.options.leaseMs });
     if (claim.kind !== 'claimed') return this.settleUnclaimed(delivery, claim);
     entry.leaseToken = claim.leaseToken;
+    entry.leaseHoldsUntil = askedAt + this.options.leaseMs;
     const job = claim.job;
     const log = this.logger.child({ job_id: jobId, attempt: job.attempts });
 
@@ -282,7 +290,11 @@ export class Worker {
   private async record(entry: InFlight, outcome: Outcome, log: Logger): Promise<boolean> {
     if (entry.done || !entry.leaseToken) return false;
     entry.done = true;
-    const accepted = await this.outcomes.add({ jobId: entry.jobId, leaseToken: entry.leaseToken, outcome });
+    const accepted = await this.commitOutcome(
+      { jobId: entry.jobId, leaseToken: entry.leaseToken, outcome },
+      (entry.leaseHoldsUntil ?? 0) - OUTCOME_RETRY_MARGIN_MS,
+      log,
+    );
     if (!accepted)
       log.warn({ outcome: outcome.kind }, 'result rejected: the lease was lost to another worker');
     else if (outcome.kind === 'sent') log.debug({ response: outcome.detail.response }, 'sent');
@@ -292,6 +304,28 @@ export class Worker {
         outcome.kind,
       );
     return accepted;
+  }
+
+  /**
+   * Writes an outcome, retrying a failing Store until `deadline` (shortly before the lease ends).
+   * This matters most for `sent`: the relay has the email, and an outcome that is never written lets
+   * the lease expire and the job be sent again. A brief Store outage (a failover, connections cut)
+   * should not cost a duplicate. Past the deadline the error propagates: another worker may claim
+   * the job by then, and a late write would be refused under the stale token anyway.
+   */
+  private async commitOutcome(request: RecordOutcome, deadline: number, log: Logger): Promise<boolean> {
+    let pauseMs = OUTCOME_RETRY_FIRST_PAUSE_MS;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.outcomes.add(request);
+      } catch (error) {
+        if (Date.now() + pauseMs >= deadline) throw error;
+        if (attempt === 1)
+          log.warn({ err: error }, 'could not record the outcome; retrying while the lease lasts');
+        await sleep(pauseMs);
+        pauseMs = Math.min(pauseMs * 2, OUTCOME_RETRY_MAX_PAUSE_MS);
+      }
+    }
   }
 
   /** Shutdown deadline passed: give every claimed, unfinished job back so the next start takes it. */
