@@ -1023,7 +1023,7 @@ describe('PostgreSQL store only', { skip: !postgresUp }, () => {
       assert.deepEqual([...taken].sort(byId), jobs.map((job) => job.id).sort(byId));
     });
 
-    test('sweep adds entries for stale processing and deferred jobs only, once', async () => {
+    test('sweep adds entries for overdue active jobs without one, once, and never for finished jobs', async () => {
       const stuck = newJob();
       const retrying = newJob();
       const leasedNow = newJob();
@@ -1037,11 +1037,11 @@ describe('PostgreSQL store only', { skip: !postgresUp }, () => {
       const outbox = store.outbox!;
       await outbox.complete([stuck, retrying, leasedNow, queued, sent].map((job) => job.id));
 
-      assert.equal(await outbox.sweep(T0 + 2 * MINUTE, 100), 2);
+      assert.equal(await outbox.sweep(T0 + 2 * MINUTE, 100), 3);
       assert.equal(await outbox.sweep(T0 + 2 * MINUTE, 100), 0, 'they have entries already');
       assert.deepEqual(
         (await outbox.take(T0 + 2 * MINUTE, 10, 30_000)).map((entry) => entry.jobId),
-        [retrying.id, stuck.id],
+        [queued.id, retrying.id, stuck.id],
       );
     });
 

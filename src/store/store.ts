@@ -126,8 +126,10 @@ export interface Outbox {
   complete(jobIds: readonly string[]): Promise<void>;
   /**
    * The safety net for messages lost outside Mailroom (a queue purged, a broker's delivery limit):
-   * adds entries for `processing` and `deferred` jobs whose `run_at` (lease expiry or retry time)
-   * passed before `staleBefore` and that have no entry yet. Returns how many were added.
+   * adds entries for active jobs (queued, scheduled, processing, deferred) whose `run_at` (due
+   * time, lease expiry or retry time) passed before `staleBefore` and that have no entry yet.
+   * Returns how many were added. A job merely waiting in a deep queue may get a second message;
+   * that costs a no-op delivery (the claim answers `finished` or `busy`), never a second email.
    */
   sweep(staleBefore: number, limit: number): Promise<number>;
 }

@@ -54,14 +54,16 @@ export class PostgresOutbox implements Outbox {
   }
 
   /**
-   * An added entry is available since the job's `run_at`: stale jobs go out in the order they went
+   * Every active job (`run_at` is NULL once a job is finished) that is long overdue and has no
+   * entry: its message was lost outside Mailroom (a purged queue, a broker's delivery limit). An
+   * added entry is available since the job's `run_at`: stale jobs go out in the order they went
    * stale. Jobs that already have an entry are not counted. Safe to run twice.
    */
   async sweep(staleBefore: number, limit: number): Promise<number> {
     const result = await this.db.query(
       `INSERT INTO outbox (job_id, priority, headers, available_at)
        SELECT j.id, j.priority, '{}', j.run_at FROM jobs j
-       WHERE j.run_at < $1 AND j.status IN ('processing', 'deferred')
+       WHERE j.run_at < $1
          AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id)
        ORDER BY j.run_at
        LIMIT $2
