@@ -6,7 +6,7 @@ import pino from 'pino';
 import { type App, buildApp } from '../../src/app.js';
 import { loadConfig } from '../../src/config/load-config.js';
 import { SmtpSink } from './smtp-sink.js';
-import { provisionShape } from './test-shape.js';
+import { provisionShape, TEST_SHAPE, type TestShape } from './test-shape.js';
 import { waitFor } from './wait-for.js';
 
 export interface TestApp {
@@ -49,17 +49,21 @@ export const FAST_ENV: Record<string, string> = {
   MAILROOM_SHUTDOWN_TIMEOUT_MS: '2000',
 };
 
-/** A whole Mailroom (API and worker) in this process, delivering to an SMTP sink on loopback. */
+/**
+ * A whole Mailroom (API and worker) in this process, delivering to an SMTP sink on loopback, on the
+ * shape MAILROOM_TEST_SHAPE names unless `shape` is given.
+ */
 export async function startTestApp(
   env: Record<string, string> = {},
   sink = new SmtpSink(),
+  shape: TestShape = TEST_SHAPE,
 ): Promise<TestApp> {
   await sink.start();
   const dataDir = mkdtempSync(join(tmpdir(), 'mailroom-test-'));
-  const shape = provisionShape();
+  const resources = provisionShape(shape);
   const config = loadConfig({
     ...FAST_ENV,
-    ...shape.env,
+    ...resources.env,
     MAILROOM_DATA_DIR: dataDir,
     MAILROOM_SMTP_URL: `smtp://127.0.0.1:${sink.port}`,
     ...env,
@@ -103,7 +107,7 @@ export async function startTestApp(
     async stop() {
       await app.stop();
       await sink.close();
-      await shape.cleanup();
+      await resources.cleanup();
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
