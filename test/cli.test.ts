@@ -12,6 +12,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import nodemailer from 'nodemailer';
+import pg from 'pg';
+import { POSTGRES_URL, serviceAvailable } from './support/services.js';
 import { SmtpSink } from './support/smtp-sink.js';
 import { type EmailView, FAST_ENV, startTestApp, type TestApp } from './support/test-app.js';
 import { waitFor } from './support/wait-for.js';
@@ -388,6 +390,14 @@ describe('mailroom start', () => {
       ],
       [{ MAILROOM_FROM: 'not an address' }, /MAILROOM_FROM="not an address"/],
       [{ MAILROOM_DATA_DIR: join(file, 'sub') }, /MAILROOM_DATA_DIR=".*a-file\/sub": expected a place/],
+      [
+        { MAILROOM_BROKER_URL: 'amqp://guest:guest@127.0.0.1:5672' },
+        /MAILROOM_BROKER_URL=\(hidden\): a network broker needs MAILROOM_DATABASE_URL=postgres/,
+      ],
+      [
+        { MAILROOM_DATABASE_URL: 'mysql://root@127.0.0.1/test' },
+        /MAILROOM_DATABASE_URL=\(hidden\): expected sqlite:PATH or postgres:\/\//,
+      ],
     ];
     const runs = await Promise.all(cases.map(([env]) => cli(['start'], { ...base, ...env })));
     for (const [i, run] of runs.entries()) configError(run, cases[i]![1], JSON.stringify(cases[i]![0]));
@@ -535,13 +545,61 @@ describe('mailroom inbox', () => {
   });
 });
 
+describe('mailroom api, worker and migrate', () => {
+  test('api and worker alone need the shared PostgreSQL store: with SQLite they stop, naming the variable', async () => {
+    const env = { ...FAST_ENV, MAILROOM_DATA_DIR: tempDir(), MAILROOM_INBOX_SMTP_PORT: '0' };
+    const runs = await Promise.all([cli(['api'], env), cli(['worker'], env)]);
+    for (const run of runs)
+      configError(
+        run,
+        /MAILROOM_DATABASE_URL: expected postgres:\/\/… to run the API and workers as separate processes/,
+        'role',
+      );
+  });
+
+  test('migrate creates the PostgreSQL schema and tables, and is a no-op the second time', async (t) => {
+    if (!(await serviceAvailable('PostgreSQL', POSTGRES_URL))) return t.skip('PostgreSQL unreachable');
+    const schema = `mailroom_cli_${process.pid}`;
+    const env = { MAILROOM_DATABASE_URL: POSTGRES_URL, MAILROOM_DATABASE_SCHEMA: schema, LOG_LEVEL: 'info' };
+    const client = new pg.Client({ connectionString: POSTGRES_URL });
+    await client.connect();
+    try {
+      for (let run = 0; run < 2; run++) {
+        const result = await cli(['migrate'], env);
+        assert.equal(result.code, 0, result.stderr + result.stdout);
+        assert.match(result.stdout, /the store is up to date/);
+      }
+      const { rows } = await client.query(
+        'SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name',
+        [schema],
+      );
+      const tables = rows.map((row: { table_name: string }) => row.table_name);
+      for (const table of ['jobs', 'job_events', 'outbox'])
+        assert.ok(tables.includes(table), `${table} in ${tables}`);
+    } finally {
+      await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+      await client.end();
+    }
+  });
+});
+
 describe('mailroom with no or an unknown command', () => {
   test('help prints the usage and exits 0; an unknown command prints it on stderr and exits 2', async () => {
     const [help, none, unknown] = await Promise.all([cli(['help']), cli([]), cli(['deliver'])]);
     for (const run of [help, none]) {
       assert.equal(run.code, 0, run.stderr);
       assert.match(run.stdout, /^Usage: mailroom <command>/);
-      for (const command of ['start', 'inbox', 'send', 'status', 'dlq list', 'dlq replay'])
+      for (const command of [
+        'start',
+        'api',
+        'worker',
+        'migrate',
+        'inbox',
+        'send',
+        'status',
+        'dlq list',
+        'dlq replay',
+      ])
         assert.ok(run.stdout.includes(`  ${command}`), `usage names ${command}`);
     }
     assert.equal(unknown.code, 2);
