@@ -1,247 +1,156 @@
 /**
- * `npm run bench [-- --quick]`: the embedded shape end to end against an SMTP sink in its own process.
+ * `npm run bench [-- --quick] [-- --shape embedded|rabbitmq|all]`: Mailroom end to end against an SMTP
+ * sink in its own process, from the built CLI.
  *
- * (a) The transport ceiling: nodemailer's pool straight to the sink, no Mailroom.
- * (b) Mailroom (the built CLI, `mailroom start`, in its own process, durable: fsync before 202):
- *     open-loop HTTP POSTs at rising rates; the highest rate it keeps up with (no growing backlog),
- *     accept and delivery latency at 1,000/s, and peak RSS.
- * The last line is one JSON object with the headline figures.
+ * (a) The transport ceiling: nodemailer's pool straight to the sink, no Mailroom (once per run).
+ * (b) Each shape (shapes.ts): `embedded` is one `mailroom start` (SQLite, durable: fsync before 202);
+ *     `rabbitmq` is one `mailroom api` and two `mailroom worker`s on PostgreSQL and RabbitMQ. Then
+ *     (procedure.ts) open-loop HTTP POSTs at rising rates; the highest rate it keeps up with (no
+ *     growing backlog), accept and delivery latency at the shape's latency rate, and peak RSS.
+ * Each shape prints one JSON line with its headline figures; `--shape all` ends with one more,
+ * `{"shape":"all","results":[…]}`. Progress and diagnostics go to stderr.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { measureTransportCeiling, type SinkProcess, spawnSinkProcess } from './ceiling.js';
-import { type OpenLoopResult, runOpenLoop } from './load.js';
-import { summarize } from './stats.js';
+import { measureTransportCeiling, spawnSinkProcess } from './ceiling.js';
+import { Janitor } from './janitor.js';
+import { measureShape, type Plan, type ShapeResult } from './procedure.js';
+import { SHAPES, type ShapeName, startShape } from './shapes.js';
 
-const { values: args } = parseArgs({
-  options: { quick: { type: 'boolean', default: false }, shape: { type: 'string', default: 'embedded' } },
-});
-if (args.shape !== 'embedded') {
-  console.error(`--shape ${args.shape}: only the embedded shape exists so far.`);
-  process.exit(2);
-}
-const QUICK = args.quick;
+const USAGE = 'usage: npm run bench -- [--quick] [--shape embedded|rabbitmq|all]';
 const POOL = 4;
-const LATENCY_RATE = 1000;
-const STEP_MS = QUICK ? 3000 : 8000;
-const WARMUP_MS = QUICK ? 3000 : 5000;
-const RATES = QUICK ? [1000, 2000, 2500, 3000] : [1000, 1500, 2000, 2500, 3000, 3500, 4000];
-/** A step is sustained when, a moment after it ends, at most this much work is left over. */
-const BACKLOG_TOLERANCE_S = 0.25;
-/** …and deliveries during the step reach at least this share of the offered rate. */
-const MIN_DELIVERED_SHARE = 0.9;
 
-interface StepResult {
-  readonly offered: number;
-  readonly accepted: number;
-  readonly errors: number;
-  readonly errorKinds: string;
-  readonly deliveredPerSec: number;
-  readonly backlogAfter: number;
-  readonly sustained: boolean;
-  readonly acceptMs: ReturnType<typeof summarize>;
-  readonly deliveryMs: ReturnType<typeof summarize>;
+function plan(shape: ShapeName, quick: boolean): Plan {
+  const stepMs = quick ? 3000 : 8000;
+  const warmupMs = quick ? 3000 : 5000;
+  if (shape === 'embedded') {
+    return {
+      latencyRate: 1000,
+      rates: quick ? [1000, 2000, 2500, 3000] : [1000, 1500, 2000, 2500, 3000, 3500, 4000],
+      stepMs,
+      warmupMs,
+    };
+  }
+  // The issue's target for the scaled-out shape: accept p99 < 20 ms at 500/s, ≥ 1,000 delivered/s.
+  return {
+    latencyRate: 500,
+    rates: quick ? [500, 1000, 1500, 2000] : [250, 500, 750, 1000, 1250, 1500, 2000, 2500],
+    stepMs,
+    warmupMs,
+  };
 }
 
 const log = (line: string) => console.error(line);
 
+/** A failure already logged. */
+class Reported extends Error {}
+
+function parse(): { quick: boolean; shapes: ShapeName[]; all: boolean } {
+  let values: { quick?: boolean; shape?: string };
+  try {
+    ({ values } = parseArgs({
+      options: { quick: { type: 'boolean', default: false }, shape: { type: 'string', default: 'embedded' } },
+    }));
+  } catch (error) {
+    console.error(`${(error as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+  const shape = values.shape ?? 'embedded';
+  if (shape === 'all') return { quick: values.quick ?? false, shapes: [...SHAPES], all: true };
+  if (!(SHAPES as readonly string[]).includes(shape)) {
+    console.error(`--shape ${shape}: expected one of ${[...SHAPES, 'all'].join(', ')}.\n${USAGE}`);
+    process.exit(2);
+  }
+  return { quick: values.quick ?? false, shapes: [shape as ShapeName], all: false };
+}
+
+const args = parse();
+const janitor = new Janitor();
+let interrupted = false;
+
+function onSignal(signal: NodeJS.Signals): void {
+  if (interrupted) {
+    log(`${signal} again: exiting without finishing the cleanup (names above: bench schema and queues).`);
+    process.exit(130);
+  }
+  interrupted = true;
+  log(`${signal}: stopping every process and deleting the schema and queues… (again to exit at once)`);
+  void janitor.runAll().then(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+}
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
+
 async function main(): Promise<void> {
   const sink = await spawnSinkProcess();
+  let sinkStopping = false;
+  janitor.add('stop the sink', async () => {
+    sinkStopping = true;
+    await sink.stop();
+  });
+  const sinkDied = sink.exited.then(() => {
+    if (!sinkStopping) throw new Error('the SMTP sink process exited during the run');
+    return undefined as never;
+  });
+  sinkDied.catch(() => undefined);
   const deliveredAt = new Map<string, number>();
   sink.onReceived((items) => {
     for (const [messageId, at] of items) deliveredAt.set(messageId, at);
   });
-  const dataDir = mkdtempSync(join(tmpdir(), 'mailroom-bench-'));
-  let mailroom: ChildProcess | undefined;
-  try {
-    log(`transport ceiling: nodemailer pool of ${POOL}, raw messages, straight to the sink…`);
-    const ceiling = await measureTransportCeiling({
-      port: sink.port,
-      pool: POOL,
-      messages: QUICK ? 6000 : 10_000,
-      // A cold client and sink read about half their warm rate: warm up as Mailroom does.
-      warmup: QUICK ? 2000 : 4000,
-      received: () => sink.received(),
-      timeoutMs: 120_000,
-    });
-    log(`  ${ceiling.perSec.toFixed(0)} messages/s`);
 
-    const port = await freePort();
-    mailroom = startMailroom(port, sink.port, dataDir);
-    await waitReady(`http://127.0.0.1:${port}/ready`);
-    const url = `http://127.0.0.1:${port}/v1/emails`;
-    // Steady state is what the figures describe: the first seconds after start run unoptimised code
-    // on a growing heap (accept p99 about twice the steady figure), so warm up at the latency rate.
-    log(`warming up at ${LATENCY_RATE}/s for ${WARMUP_MS / 1000} s…`);
-    await runStep(url, LATENCY_RATE, WARMUP_MS, sink, deliveredAt);
-
-    const steps: StepResult[] = [];
-    for (const rate of RATES) {
-      const step = await runStep(url, rate, STEP_MS, sink, deliveredAt);
-      steps.push(step);
-      log(
-        `  offered ${rate}/s: accepted ${step.accepted} (errors ${step.errors}${step.errorKinds ? `: ${step.errorKinds}` : ''}), delivered ${step.deliveredPerSec.toFixed(0)}/s, ` +
-          `backlog after ${step.backlogAfter}, accept p50/p99 ${step.acceptMs.p50.toFixed(1)}/${step.acceptMs.p99.toFixed(1)} ms, ` +
-          `delivery p50/p99 ${step.deliveryMs.p50.toFixed(0)}/${step.deliveryMs.p99.toFixed(0)} ms${step.sustained ? '' : '  (not sustained)'}`,
-      );
-      if (!step.sustained) break;
-    }
-    const sustained = steps.filter((step) => step.sustained);
-    const best = sustained.reduce(
-      (a, b) => (b.deliveredPerSec > a.deliveredPerSec ? b : a),
-      sustained[0] ?? steps[0]!,
-    );
-    const atLatencyRate = steps.find((step) => step.offered === LATENCY_RATE)!;
-    const peakRssMb = peakRss(mailroom.pid!);
-    const result = {
-      shape: 'embedded',
-      quick: QUICK,
-      transport_ceiling_per_sec: Math.round(ceiling.perSec),
-      delivered_per_sec: sustained.length > 0 ? Math.round(best.deliveredPerSec) : 0,
-      efficiency: Number(((sustained.length > 0 ? best.deliveredPerSec : 0) / ceiling.perSec).toFixed(2)),
-      accept_p50_ms: round(atLatencyRate.acceptMs.p50),
-      accept_p99_ms: round(atLatencyRate.acceptMs.p99),
-      delivery_p50_ms: round(atLatencyRate.deliveryMs.p50),
-      delivery_p99_ms: round(atLatencyRate.deliveryMs.p99),
-      peak_rss_mb: Math.round(peakRssMb),
-    };
-    console.log(JSON.stringify(result));
-  } finally {
-    if (mailroom && mailroom.exitCode === null) {
-      mailroom.kill('SIGTERM');
-      await new Promise((resolve) => mailroom!.once('exit', resolve));
-    }
-    await sink.stop();
-    rmSync(dataDir, { recursive: true, force: true });
-  }
-}
-
-async function runStep(
-  url: string,
-  rate: number,
-  durationMs: number,
-  sink: SinkProcess,
-  deliveredAt: Map<string, number>,
-): Promise<StepResult> {
-  const before = sink.received();
-  const started = Date.now();
-  const load: OpenLoopResult = await runOpenLoop({
-    url,
-    ratePerSec: rate,
-    durationMs,
-    maxInFlight: 2000,
-    body: (i) =>
-      JSON.stringify({
-        from: 'Bench <bench@example.com>',
-        to: `user${i % 1000}@example.com`,
-        subject: `Order ${i} confirmed`,
-        text: `Hello,\n\nyour order ${i} is confirmed.\n\nThanks,\nthe bench`,
-        html: `<p>Hello,</p><p>your order <b>${i}</b> is confirmed.</p><p>Thanks,<br>the bench</p>`,
-        tags: ['bench'],
-      }),
+  log(`transport ceiling: nodemailer pool of ${POOL}, raw messages, straight to the sink…`);
+  const ceiling = await measureTransportCeiling({
+    port: sink.port,
+    pool: POOL,
+    messages: args.quick ? 6000 : 10_000,
+    // A cold client and sink read about half their warm rate: warm up as Mailroom does.
+    warmup: args.quick ? 2000 : 4000,
+    received: () => sink.received(),
+    timeoutMs: 120_000,
   });
-  const elapsedS = (Date.now() - started) / 1000;
-  const deliveredInWindow = sink.received() - before;
-  // Give in-flight sends a moment, then see what is left over.
-  await new Promise((resolve) => setTimeout(resolve, BACKLOG_TOLERANCE_S * 1000 + 200));
-  const backlogAfter = load.ok - (sink.received() - before);
-  const acceptedAt = load.responses
-    .filter((response) => response.status === 202)
-    .map((response) => ({ id: (JSON.parse(response.body) as { id: string }).id, at: response.finishedAt }));
-  await drain(sink, before + load.ok, 60_000);
-  const deliveryMs = acceptedAt
-    .map(({ id, at }) => (deliveredAt.get(`<${id}@example.com>`) ?? Number.NaN) - at)
-    .filter((ms) => Number.isFinite(ms));
-  return {
-    offered: rate,
-    accepted: load.ok,
-    errors: load.errors,
-    errorKinds: Object.entries(load.statusCounts)
-      .filter(([key]) => !key.startsWith('2'))
-      .map(([key, count]) => `${key}×${count}`)
-      .join(' '),
-    deliveredPerSec: deliveredInWindow / elapsedS,
-    backlogAfter,
-    // Kept up: every request accepted, deliveries in the window close to the offered rate (not
-    // catching up only once the load stopped and freed the cores), and little left over after.
-    sustained:
-      load.errors === 0 &&
-      deliveredInWindow / elapsedS >= rate * MIN_DELIVERED_SHARE &&
-      backlogAfter <= rate * BACKLOG_TOLERANCE_S,
-    acceptMs: summarize(load.latenciesMs),
-    deliveryMs: summarize(deliveryMs),
-  };
-}
+  log(`  ${ceiling.perSec.toFixed(0)} messages/s`);
 
-async function drain(sink: SinkProcess, expected: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (sink.received() < expected) {
-    if (Date.now() > deadline)
-      throw new Error(`backlog did not drain: ${sink.received()} of ${expected} delivered`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
-function startMailroom(port: number, sinkPort: number, dataDir: string): ChildProcess {
-  const child = spawn(
-    process.execPath,
-    [
-      ...(process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : []),
-      'bin/mailroom.js',
-      'start',
-    ],
-    {
-      env: {
-        ...process.env,
-        MAILROOM_PORT: String(port),
-        MAILROOM_DATA_DIR: dataDir,
-        MAILROOM_SMTP_URL: `smtp://127.0.0.1:${sinkPort}`,
-        MAILROOM_SMTP_POOL: String(POOL),
-        LOG_LEVEL: 'warn',
-        MAILROOM_LOG_PRETTY: 'false',
-      },
-      stdio: ['ignore', 'inherit', 'inherit'],
-    },
-  );
-  child.once('exit', (code, signal) => {
-    if (code !== 0 && signal !== 'SIGTERM') log(`mailroom exited early: code ${code}, signal ${signal}`);
-  });
-  return child;
-}
-
-async function waitReady(url: string): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  for (;;) {
+  const results: ShapeResult[] = [];
+  for (const name of args.shapes) {
+    log(`\n=== shape ${name} ===`);
+    const started = performance.now();
+    const shape = await Promise.race([
+      startShape(name, { sinkPort: sink.port, pool: POOL, janitor }),
+      sinkDied,
+    ]);
     try {
-      if ((await fetch(url)).ok) return;
-    } catch {}
-    if (Date.now() > deadline) throw new Error(`Mailroom did not become ready at ${url}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+      const result = await Promise.race([
+        measureShape(shape, plan(name, args.quick), {
+          sink,
+          deliveredAt,
+          ceilingPerSec: ceiling.perSec,
+          quick: args.quick,
+        }),
+        shape.failed,
+        sinkDied,
+      ]);
+      results.push(result);
+      console.log(JSON.stringify(result));
+    } catch (error) {
+      // Said before the cleanup's own lines, then passed on for the exit code.
+      if (!interrupted)
+        log(`\nbench failed (shape ${name}): ${(error as Error).message ?? error}\ncleaning up…`);
+      throw new Reported((error as Error).message ?? String(error));
+    } finally {
+      await shape.stop();
+    }
+    log(`  shape ${name}: ${((performance.now() - started) / 1000).toFixed(0)} s`);
   }
+  if (args.all) console.log(JSON.stringify({ shape: 'all', results }));
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
+let exitCode = 0;
+try {
+  await main();
+} catch (error) {
+  exitCode = 1;
+  if (!interrupted && !(error instanceof Reported))
+    log(`\nbench failed: ${(error as Error).message ?? error}\ncleaning up…`);
+} finally {
+  await janitor.runAll();
 }
-
-/** Peak resident set size of a process, from the kernel's high-water mark. */
-function peakRss(pid: number): number {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const match = /VmHWM:\s+(\d+) kB/.exec(status);
-  return match ? Number(match[1]) / 1024 : Number.NaN;
-}
-
-const round = (value: number) => Math.round(value * 10) / 10;
-
-await main();
+// Exit explicitly: a failed run may leave a load generator's timers and sockets behind.
+process.exit(interrupted ? 130 : exitCode);

@@ -110,6 +110,9 @@ export async function measureTransportCeiling(options: CeilingOptions): Promise<
 
 export interface SinkProcess {
   readonly port: number;
+  readonly pid: number;
+  /** Resolves when the sink process has exited, whether stopped or not. */
+  readonly exited: Promise<void>;
   /** Messages the sink has reported so far. */
   received(): number;
   /** Called with every batch the sink reports. */
@@ -155,6 +158,8 @@ export function spawnSinkProcess(
       clearTimeout(readyTimer);
       resolve({
         port: message.port,
+        pid: child.pid!,
+        exited,
         received: () => count,
         onReceived: (listener) => listeners.push(listener),
         stop: async () => {

@@ -1,0 +1,199 @@
+/**
+ * The measurement, the same for every shape once its processes run: a warm-up at the latency rate,
+ * then open-loop HTTP POSTs at rising offered rates until one is not sustained, the accept and
+ * delivery latency at the latency rate, and the processes' peak RSS.
+ */
+
+import type { SinkProcess } from './ceiling.js';
+import { type CpuGroup, cpuBetween, formatCpu, sampleCpu } from './cpu.js';
+import { type OpenLoopResult, runOpenLoop } from './load.js';
+import type { RunningShape } from './shapes.js';
+import { summarize } from './stats.js';
+
+/** A step is sustained when, a moment after it ends, at most this much work is left over. */
+const BACKLOG_TOLERANCE_S = 0.25;
+/** …and deliveries during the step reach at least this share of the offered rate. */
+const MIN_DELIVERED_SHARE = 0.9;
+/** How long the backlog a step leaves may take to reach the sink before the run fails. */
+const DRAIN_TIMEOUT_MS = 60_000;
+
+export interface Plan {
+  /** The rate the latencies are reported at; the warm-up runs at it too. */
+  readonly latencyRate: number;
+  /** Offered rates, rising. */
+  readonly rates: readonly number[];
+  readonly stepMs: number;
+  readonly warmupMs: number;
+}
+
+export interface Context {
+  readonly sink: SinkProcess;
+  /** When the sink received each Message-ID (epoch ms). */
+  readonly deliveredAt: ReadonlyMap<string, number>;
+  readonly ceilingPerSec: number;
+  readonly quick: boolean;
+}
+
+/** The JSON line of one shape. */
+export interface ShapeResult {
+  readonly shape: string;
+  readonly quick: boolean;
+  readonly transport_ceiling_per_sec: number;
+  readonly delivered_per_sec: number;
+  readonly efficiency: number;
+  readonly latency_rate_per_sec: number;
+  readonly accept_p50_ms: number;
+  readonly accept_p99_ms: number;
+  readonly delivery_p50_ms: number;
+  readonly delivery_p99_ms: number;
+  readonly peak_rss_mb: number;
+}
+
+interface StepResult {
+  readonly offered: number;
+  readonly accepted: number;
+  readonly errors: number;
+  readonly errorKinds: string;
+  readonly deliveredPerSec: number;
+  readonly backlogAfter: number;
+  readonly sustained: boolean;
+  readonly acceptMs: ReturnType<typeof summarize>;
+  readonly deliveryMs: ReturnType<typeof summarize>;
+  readonly cpu: string;
+}
+
+const log = (line: string) => console.error(line);
+const round = (value: number) => Math.round(value * 10) / 10;
+
+export async function measureShape(shape: RunningShape, plan: Plan, context: Context): Promise<ShapeResult> {
+  const cpuGroups: CpuGroup[] = [
+    ...shape.processes.map((child) => ({ name: child.name, pids: [child.pid] })),
+    { name: 'sink', pids: [context.sink.pid] },
+    { name: 'bench', pids: [process.pid] },
+    ...shape.cpuGroups,
+  ];
+  // Steady state is what the figures describe: the first seconds after start run unoptimised code
+  // on a growing heap (accept p99 about twice the steady figure), so warm up at the latency rate.
+  log(`warming up at ${plan.latencyRate}/s for ${plan.warmupMs / 1000} s…`);
+  const warmup = await runStep(shape.emailsUrl, plan.latencyRate, plan.warmupMs, context, cpuGroups);
+  log(`  warm-up: ${describe(warmup)}`);
+
+  const steps: StepResult[] = [];
+  for (const rate of plan.rates) {
+    const step = await runStep(shape.emailsUrl, rate, plan.stepMs, context, cpuGroups);
+    steps.push(step);
+    log(`  offered ${rate}/s: ${describe(step)}\n    ${step.cpu}`);
+    // Carry on below the latency rate: its latencies are reported whatever happens under it.
+    if (!step.sustained && rate >= plan.latencyRate) break;
+  }
+  const sustained = steps.filter((step) => step.sustained);
+  const best = sustained.reduce<StepResult | undefined>(
+    (a, b) => (a === undefined || b.deliveredPerSec > a.deliveredPerSec ? b : a),
+    undefined,
+  );
+  const atLatencyRate = steps.find((step) => step.offered === plan.latencyRate);
+  if (!atLatencyRate) throw new Error(`the plan has no step at the latency rate ${plan.latencyRate}/s`);
+
+  const rss = shape.peakRssMb();
+  const totalRss = Object.values(rss).reduce((a, b) => a + b, 0);
+  log(
+    `  peak RSS: ${Object.entries(rss)
+      .map(([name, mb]) => `${name} ${mb.toFixed(0)} MB`)
+      .join(', ')}${shape.processes.length > 1 ? `; ${totalRss.toFixed(0)} MB in all` : ''}`,
+  );
+  const delivered = best?.deliveredPerSec ?? 0;
+  return {
+    shape: shape.name,
+    quick: context.quick,
+    transport_ceiling_per_sec: Math.round(context.ceilingPerSec),
+    delivered_per_sec: Math.round(delivered),
+    efficiency: Number((delivered / context.ceilingPerSec).toFixed(2)),
+    latency_rate_per_sec: plan.latencyRate,
+    accept_p50_ms: round(atLatencyRate.acceptMs.p50),
+    accept_p99_ms: round(atLatencyRate.acceptMs.p99),
+    delivery_p50_ms: round(atLatencyRate.deliveryMs.p50),
+    delivery_p99_ms: round(atLatencyRate.deliveryMs.p99),
+    peak_rss_mb: Math.round(totalRss),
+  };
+}
+
+function describe(step: StepResult): string {
+  return (
+    `accepted ${step.accepted} (errors ${step.errors}${step.errorKinds ? `: ${step.errorKinds}` : ''}), delivered ${step.deliveredPerSec.toFixed(0)}/s, ` +
+    `backlog after ${step.backlogAfter}, accept p50/p99 ${step.acceptMs.p50.toFixed(1)}/${step.acceptMs.p99.toFixed(1)} ms, ` +
+    `delivery p50/p99 ${step.deliveryMs.p50.toFixed(0)}/${step.deliveryMs.p99.toFixed(0)} ms${step.sustained ? '' : '  (not sustained)'}`
+  );
+}
+
+async function runStep(
+  url: string,
+  rate: number,
+  durationMs: number,
+  context: Context,
+  cpuGroups: readonly CpuGroup[],
+): Promise<StepResult> {
+  const { sink, deliveredAt } = context;
+  const before = sink.received();
+  const started = Date.now();
+  const cpuStart = sampleCpu(cpuGroups);
+  const load: OpenLoopResult = await runOpenLoop({
+    url,
+    ratePerSec: rate,
+    durationMs,
+    maxInFlight: 2000,
+    body: (i) =>
+      JSON.stringify({
+        from: 'Bench <bench@example.com>',
+        to: `user${i % 1000}@example.com`,
+        subject: `Order ${i} confirmed`,
+        text: `Hello,\n\nyour order ${i} is confirmed.\n\nThanks,\nthe bench`,
+        html: `<p>Hello,</p><p>your order <b>${i}</b> is confirmed.</p><p>Thanks,<br>the bench</p>`,
+        tags: ['bench'],
+      }),
+  });
+  const cpu = formatCpu(cpuBetween(cpuStart, sampleCpu(cpuGroups)));
+  const elapsedS = (Date.now() - started) / 1000;
+  const deliveredInWindow = sink.received() - before;
+  // Give in-flight sends a moment, then see what is left over.
+  await new Promise((resolve) => setTimeout(resolve, BACKLOG_TOLERANCE_S * 1000 + 200));
+  const backlogAfter = load.ok - (sink.received() - before);
+  const acceptedAt = load.responses
+    .filter((response) => response.status === 202)
+    .map((response) => ({ id: (JSON.parse(response.body) as { id: string }).id, at: response.finishedAt }));
+  await drain(sink, before + load.ok, DRAIN_TIMEOUT_MS);
+  const deliveryMs = acceptedAt
+    .map(({ id, at }) => (deliveredAt.get(`<${id}@example.com>`) ?? Number.NaN) - at)
+    .filter((ms) => Number.isFinite(ms));
+  return {
+    offered: rate,
+    accepted: load.ok,
+    errors: load.errors,
+    errorKinds: Object.entries(load.statusCounts)
+      .filter(([key]) => !key.startsWith('2'))
+      .map(([key, count]) => `${key}×${count}`)
+      .join(' '),
+    deliveredPerSec: deliveredInWindow / elapsedS,
+    backlogAfter,
+    // Kept up: every request accepted, deliveries in the window close to the offered rate (not
+    // catching up only once the load stopped and freed the cores), and little left over after.
+    sustained:
+      load.errors === 0 &&
+      deliveredInWindow / elapsedS >= rate * MIN_DELIVERED_SHARE &&
+      backlogAfter <= rate * BACKLOG_TOLERANCE_S,
+    acceptMs: summarize(load.latenciesMs),
+    deliveryMs: summarize(deliveryMs),
+    cpu,
+  };
+}
+
+async function drain(sink: SinkProcess, expected: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (sink.received() < expected) {
+    if (Date.now() > deadline) {
+      throw new Error(
+        `the backlog did not drain within ${timeoutMs / 1000} s: the sink has ${sink.received()} of the ${expected} emails accepted so far`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
