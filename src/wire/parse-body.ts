@@ -4,6 +4,7 @@
  * field is reported by name. What the fields mean is the codec's business (wire-codec.ts).
  */
 import {
+  create,
   type DescField,
   type DescMessage,
   fromBinary,
@@ -28,7 +29,16 @@ export const CONTENT_TYPES = {
 export type WireFormat = keyof typeof CONTENT_TYPES;
 
 export type ParseResult =
-  | { readonly ok: true; readonly job: EmailJob }
+  | {
+      readonly ok: true;
+      readonly job: EmailJob;
+      /**
+       * For a shape whose fields are not named as in EmailJob (the MessagePack compatibility shape):
+       * the name a problem with each EmailJob field is reported under, so that it names what the
+       * producer sent.
+       */
+      readonly fieldNames?: Readonly<Record<string, string>>;
+    }
   | { readonly ok: false; readonly reason: 'undecodable'; readonly error: string }
   | { readonly ok: false; readonly reason: 'invalid_message'; readonly problems: readonly FieldProblem[] };
 
@@ -201,8 +211,82 @@ function parseMsgpack(body: Uint8Array): ParseResult {
     }
     return undecodable(`not valid MessagePack: ${messageOf(error)}`);
   }
-  return fromJsonValue(value);
+  if (isCompatShape(value)) return fromCompatShape(value);
+  const parsed = fromJsonValue(value);
+  return parsed.ok || parsed.reason !== 'invalid_message' ? parsed : withCompatHint(parsed);
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// MessagePack: the compatibility shape
+
+/**
+ * The one MessagePack body read other than by the JSON mapping: a map with exactly the keys `uuid`,
+ * `email`, `subject` and `body`, all strings, as producers that predate the wire contract publish
+ * it. It is read as an EmailJob with `idempotency_key` = uuid, `to` = [email], `subject`, `html` = body
+ * and no `from` (the default sender). Any other key, or one of the four missing, and the map is read
+ * by the JSON mapping like any other, which refuses `uuid`, `email` and `body` as unknown fields.
+ */
+const COMPAT_KEYS: readonly string[] = ['body', 'email', 'subject', 'uuid'];
+
+/** Problems with EmailJob fields, reported under the compatibility shape's names. */
+const COMPAT_FIELD_NAMES: Readonly<Record<string, string>> = {
+  id: 'uuid',
+  idempotency_key: 'uuid',
+  to: 'email',
+  'to[0]': 'email',
+  html: 'body',
+  text: 'body',
+};
+
+function isCompatShape(value: unknown): value is Record<string, unknown> {
+  if (!isRecord(value)) return false;
+  const keys = Object.keys(value).sort();
+  return keys.length === COMPAT_KEYS.length && keys.every((key, i) => key === COMPAT_KEYS[i]);
+}
+
+function fromCompatShape(value: Record<string, unknown>): ParseResult {
+  const problems: FieldProblem[] = [];
+  const read = (key: string): string => {
+    const text = readScalar(ScalarType.STRING, value[key], key, problems);
+    return typeof text === 'string' ? text : '';
+  };
+  const uuid = read('uuid');
+  const email = read('email');
+  const subject = read('subject');
+  const body = read('body');
+  if (problems.length > 0) return invalid(problems);
+  if (uuid === '') {
+    // An EmailJob without id and key is refused for that, in words that do not fit this shape.
+    return invalid([
+      {
+        field: 'uuid',
+        rule: 'required',
+        message:
+          'must not be empty: it is the idempotency key that makes a redelivery or a republish a no-op',
+      },
+    ]);
+  }
+  return {
+    ok: true,
+    job: create(EmailJobSchema, { idempotencyKey: uuid, to: [email], subject, html: body }),
+    fieldNames: COMPAT_FIELD_NAMES,
+  };
+}
+
+/** A map that has a key of the compatibility shape but is not that shape: say so where it is refused. */
+function withCompatHint(parsed: Extract<ParseResult, { reason: 'invalid_message' }>): ParseResult {
+  const problems = parsed.problems.map((problem) =>
+    problem.rule === 'unknown_field' && COMPAT_ONLY_KEYS.has(problem.field)
+      ? {
+          ...problem,
+          message: `${problem.message}; a map in the shape {uuid, email, subject, body} must have exactly those four keys, all strings`,
+        }
+      : problem,
+  );
+  return invalid(problems);
+}
+
+const COMPAT_ONLY_KEYS = new Set(['uuid', 'email', 'body']);
 
 /** Checks the shape against the schema, then lets protobuf-es read it. */
 function fromJsonValue(value: unknown): ParseResult {

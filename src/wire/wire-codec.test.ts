@@ -345,6 +345,109 @@ describe('sniffing, without a content type', () => {
   });
 });
 
+describe('the MessagePack compatibility shape {uuid, email, subject, body}', () => {
+  const LEGACY = {
+    uuid: '5b1e2c9a-7f3d-4e8b-9a6c-2d4f8e1b3a7c',
+    email: 'ada@example.org',
+    subject: 'Your receipt',
+    body: '<p>Thanks!</p>',
+  };
+
+  test('an email: uuid is the idempotency key, email the one recipient, body the HTML, the default sender', () => {
+    for (const contentType of ['application/msgpack', 'application/x-msgpack', undefined]) {
+      const message = ok(wire.decode(msgpack(LEGACY), contentType));
+      const job = message.newJob!;
+      assert.match(job.id, UUID_V7, String(contentType));
+      assert.equal(message.jobId, job.id);
+      assert.equal(message.priority, 'normal');
+      assert.deepEqual(job.content, {
+        from: { address: 'noreply@mailroom.test', name: 'Mailroom' },
+        to: [{ address: 'ada@example.org' }],
+        cc: [],
+        bcc: [],
+        replyTo: [],
+        subject: 'Your receipt',
+        html: '<p>Thanks!</p>',
+        headers: {},
+      });
+      assert.equal(job.idempotency?.scope, 'broker');
+      assert.equal(job.idempotency?.key, LEGACY.uuid);
+      assert.equal(job.idempotency?.notBefore, NOW - TTL_MS);
+    }
+  });
+
+  test('keys in any order, strings as str or bin; the same as the EmailJob it stands for', () => {
+    const reordered = msgpack({
+      body: LEGACY.body,
+      subject: new TextEncoder().encode(LEGACY.subject),
+      email: LEGACY.email,
+      uuid: LEGACY.uuid,
+    });
+    const legacy = ok(wire.decode(reordered, 'application/msgpack')).newJob!;
+    const mapped = ok(
+      wire.decode(
+        msgpack({
+          idempotencyKey: LEGACY.uuid,
+          to: [LEGACY.email],
+          subject: LEGACY.subject,
+          html: LEGACY.body,
+        }),
+        'application/msgpack',
+      ),
+    ).newJob!;
+    // A republish is the same request (a no-op); other content under the same uuid is a conflict.
+    assert.equal(legacy.idempotency?.requestHash, mapped.idempotency?.requestHash);
+    const other = ok(wire.decode(msgpack({ ...LEGACY, subject: 'Other' }), 'application/msgpack')).newJob!;
+    assert.notEqual(other.idempotency?.requestHash, legacy.idempotency?.requestHash);
+  });
+
+  test('checked with the API rules, problems named after the shape’s keys', () => {
+    invalid(
+      wire.decode(msgpack({ ...LEGACY, email: 'ada at example.org' }), 'application/msgpack'),
+      'email',
+      'email',
+    );
+    invalid(wire.decode(msgpack({ ...LEGACY, email: '' }), 'application/msgpack'), 'email', 'email');
+    invalid(wire.decode(msgpack({ ...LEGACY, uuid: '' }), 'application/msgpack'), 'uuid', 'required');
+    invalid(wire.decode(msgpack({ ...LEGACY, uuid: ' padded ' }), 'application/msgpack'), 'uuid', 'pattern');
+    invalid(wire.decode(msgpack({ ...LEGACY, body: '' }), 'application/msgpack'), 'body', 'body_required');
+    invalid(
+      wire.decode(msgpack({ ...LEGACY, subject: 'a\r\nBcc: x@example.org' }), 'application/msgpack'),
+      'subject',
+      'no_crlf',
+    );
+  });
+
+  test('values must be strings', () => {
+    invalid(
+      wire.decode(msgpack({ ...LEGACY, email: ['ada@example.org'] }), 'application/msgpack'),
+      'email',
+      'type',
+    );
+    invalid(wire.decode(msgpack({ ...LEGACY, uuid: 42 }), 'application/msgpack'), 'uuid', 'type');
+    invalid(wire.decode(msgpack({ ...LEGACY, body: null }), 'application/msgpack'), 'body', 'type');
+  });
+
+  test('exactly those four keys: with another key, or one missing, the EmailJob mapping refuses it', () => {
+    const extra = invalid(
+      wire.decode(msgpack({ ...LEGACY, from: 'shop@example.com' }), 'application/msgpack'),
+      'uuid',
+      'unknown_field',
+    );
+    assert.ok(extra.includes('email (unknown_field)'), extra);
+    assert.ok(extra.includes('must have exactly those four keys'), extra);
+    const { body: _body, ...missing } = LEGACY;
+    invalid(wire.decode(msgpack(missing), 'application/msgpack'), 'email', 'unknown_field');
+    // Keys that differ only in case are not the shape either.
+    invalid(wire.decode(msgpack({ ...missing, Body: 'x' }), 'application/msgpack'), 'Body', 'unknown_field');
+  });
+
+  test('MessagePack only: the same object in JSON is refused', () => {
+    const error = invalid(wire.decode(json(LEGACY), 'application/json'), 'uuid', 'unknown_field');
+    assert.ok(!error.includes('four keys'), error);
+  });
+});
+
 describe('pointers', () => {
   test('id only (or with priority and trace context): a job already in the store', () => {
     const message = ok(

@@ -109,7 +109,7 @@ export class WireCodec implements MessageCodec {
       }
       const parsed = parse(body, contentType);
       if (!parsed.ok) return parsed;
-      return this.interpret(parsed.job, ctx);
+      return this.interpret(parsed.job, ctx, parsed.fieldNames);
     } catch (error) {
       return {
         ok: false,
@@ -119,7 +119,12 @@ export class WireCodec implements MessageCodec {
     }
   }
 
-  private interpret(job: EmailJob, ctx: ValidationContext): DecodeResult {
+  /** `fieldNames`: the names to report problems under, for a body not shaped as EmailJob (parse-body.ts). */
+  private interpret(
+    job: EmailJob,
+    ctx: ValidationContext,
+    fieldNames?: Readonly<Record<string, string>>,
+  ): DecodeResult {
     const problems: FieldProblem[] = [];
     const priority = FROM_WIRE.get(job.priority);
     if (priority === undefined) {
@@ -141,7 +146,7 @@ export class WireCodec implements MessageCodec {
             'is required: a message without content is a pointer to a job Mailroom holds. To send an email, set to, subject and text or html',
         });
       }
-      if (problems.length > 0 || priority === undefined) return invalid(problems);
+      if (problems.length > 0 || priority === undefined) return invalid(problems, fieldNames);
       return { ok: true, message: { jobId: job.id, priority, headers } };
     }
 
@@ -157,7 +162,7 @@ export class WireCodec implements MessageCodec {
     const request = toRequest(job, problems);
     const validated = validateSendEmail(request, ctx);
     if (!validated.ok) problems.push(...validated.problems);
-    if (!validated.ok || problems.length > 0) return invalid(problems);
+    if (!validated.ok || problems.length > 0) return invalid(problems, fieldNames);
 
     const email = validated.value;
     const id = job.id === '' ? uuidv7() : job.id;
@@ -206,7 +211,7 @@ function parse(body: Uint8Array, contentType: string | undefined): ParseOutcome 
   );
 }
 
-type ParseOutcome = { readonly ok: true; readonly job: EmailJob } | Extract<DecodeResult, { ok: false }>;
+type ParseOutcome = Extract<ParseResult, { ok: true }> | Extract<DecodeResult, { ok: false }>;
 
 function labelled(parsed: ParseResult, contentType: string): ParseOutcome {
   if (parsed.ok) return parsed;
@@ -298,15 +303,25 @@ function traceContextOf(headers: Readonly<Record<string, string>>): Record<strin
   return context;
 }
 
-function invalid(problems: readonly FieldProblem[]): Extract<DecodeResult, { ok: false }> {
-  const shown = problems
+function invalid(
+  problems: readonly FieldProblem[],
+  fieldNames?: Readonly<Record<string, string>>,
+): Extract<DecodeResult, { ok: false }> {
+  const named = fieldNames
+    ? problems.map((problem) =>
+        Object.hasOwn(fieldNames, problem.field)
+          ? { ...problem, field: fieldNames[problem.field]! }
+          : problem,
+      )
+    : problems;
+  const shown = named
     .slice(0, MAX_PROBLEMS_IN_ERROR)
     .map(
       (problem) =>
         `${clip(problem.field, MAX_FIELD_CHARS)} (${problem.rule}): ${problem.message ?? problem.rule}`,
     );
   const more =
-    problems.length > MAX_PROBLEMS_IN_ERROR ? ` (and ${problems.length - MAX_PROBLEMS_IN_ERROR} more)` : '';
+    named.length > MAX_PROBLEMS_IN_ERROR ? ` (and ${named.length - MAX_PROBLEMS_IN_ERROR} more)` : '';
   return { ok: false, reason: 'invalid_message', error: `${shown.join('; ')}${more}` };
 }
 
