@@ -7,7 +7,13 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { leaseExpiries, readPostgres, statusCounts } from './support/read-postgres.js';
+import {
+  leaseExpiries,
+  outboxState,
+  readPostgres,
+  sessionsFrom,
+  statusCounts,
+} from './support/read-postgres.js';
 import { countByStatus } from './support/read-store.js';
 import { type PostResult, postEmails, setUpScaledOut, waitAllSent } from './support/scaled-out-cluster.js';
 import { AMQP_URL, POSTGRES_URL, serviceAvailable } from './support/services.js';
@@ -75,12 +81,15 @@ describe('scaled out: the network to a server is cut during a burst', { skip: !a
     // The sends lag the POSTs: the cut may come after the last 202, while the workers still send.
     await waitFor(`the sink to reach ${CUT_AT}`, () => cut !== undefined, 30_000, 50);
     await cut;
+    const resumed = Date.now();
+    // Entries a dispatcher took for a publish that failed stay hidden until their hold ends.
+    const outbox = await outboxState(schema, resumed);
     t.diagnostic(
-      `cut at sink=${CUT_AT} with ${acceptedAtCut} of ${EMAILS} accepted; ${proxy.refused} connections refused during the outage`,
+      `cut at sink=${CUT_AT} with ${acceptedAtCut} of ${EMAILS} accepted; ${proxy.refused} connections ` +
+        `refused during the outage; outbox at the end of it: ${outbox.due} due, ${outbox.held} held`,
     );
     assert.ok(proxy.refused > 0, 'the processes tried to reconnect during the outage');
 
-    const resumed = Date.now();
     await waitFor(
       'every process to reconnect to RabbitMQ',
       () => cluster.processes.every((mailroom) => mailroom.logs('rabbitmq: reconnected').length > 0),
@@ -214,6 +223,62 @@ describe('scaled out: the network to a server is cut during a burst', { skip: !a
       [...expired.keys()].filter((id) => !storeErrors.has(id)),
       [],
       'a lease ran out on a job without a store error',
+    );
+  });
+
+  test('PostgreSQL connection lost while the API commits: a client that retries after the 503, as told, gets one email', async (t) => {
+    const RECIPIENT = 'lost-commit@example.com';
+    // A simple-protocol Query message: 'Q', its length (4 + 7), "COMMIT\0". The intake's transaction ends so.
+    const COMMIT = Buffer.from('Q\0\0\0\x0bCOMMIT\0', 'latin1');
+    const proxy = await TcpProxy.start(POSTGRES_URL);
+    const { schema, sink, cluster } = await setUpScaledOut(t);
+    t.after(() => proxy.close()); // after the processes are killed
+    // Only the API goes through the proxy: its next COMMIT is the one of the email below.
+    const api = await cluster.api({ MAILROOM_DATABASE_URL: proxy.urlFor(POSTGRES_URL) });
+    await cluster.worker();
+    const post = async (to: string) =>
+      (
+        await postEmails(api.apiUrl, {
+          count: 1,
+          clients: 1,
+          email: () => ({ ...email('lost-commit')(0), to }),
+        })
+      )[0]!;
+    assert.equal((await post('warm-up@example.com')).status, 202);
+
+    // The COMMIT reaches PostgreSQL, which commits; the API sees its connection lost instead of the reply.
+    let serverPort: number | undefined;
+    void proxy.cutAfterClientSends(COMMIT).then((port) => {
+      serverPort = port;
+    });
+    const answers: PostResult[] = [await post(RECIPIENT)];
+    await waitFor('the COMMIT to be cut', () => serverPort !== undefined, 5000);
+    await waitFor(
+      'the server to finish with the cut session',
+      async () => (await sessionsFrom(new Set([serverPort!]))) === 0,
+      5000,
+      20,
+    );
+    const committed = (await readPostgres(schema)).jobs.length - 1;
+    t.diagnostic(
+      `the API answered ${answers[0]!.status} ${answers[0]!.error ?? answers[0]!.id}; jobs committed for it: ${committed}`,
+    );
+
+    // The client does what the answer says: a 503 STORE_UNAVAILABLE "nothing was accepted. Retry."
+    // (docs/failure-modes.md: "a retry is safe with or without an Idempotency-Key").
+    while (answers.at(-1)!.status !== 202) {
+      assert.ok(answers.length < 5, `no 202 after ${answers.length} tries: ${JSON.stringify(answers)}`);
+      answers.push(await post(RECIPIENT));
+    }
+    const total = Object.values(await statusCounts(schema)).reduce((a, b) => a + b, 0);
+    await waitAllSent(schema, total, 20_000);
+    const received = sink.messages().filter((message) => message.envelope.to.includes(RECIPIENT));
+    assert.equal(
+      received.length,
+      1,
+      `one email asked for, ${received.length} delivered (Message-IDs ${received.map((m) => m.messageId).join(', ')}): ` +
+        `the API answered ${answers.map((a) => `${a.status} ${a.error ?? ''}`.trim()).join(', then ')}, ` +
+        `though the first request's job was committed (${committed} job${committed === 1 ? '' : 's'})`,
     );
   });
 });

@@ -5,9 +5,16 @@
  */
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 
+/** A one-shot trap set by `cutAfterClientSends`. */
+interface Trap {
+  readonly pattern: Buffer;
+  readonly sprung: (serverSidePort: number) => void;
+}
+
 export class TcpProxy {
   private readonly connections = new Set<Socket>();
   private paused = false;
+  private trap: Trap | undefined;
   /** Connections dropped at once because the proxy was paused. */
   refused = 0;
 
@@ -60,6 +67,21 @@ export class TcpProxy {
     this.paused = false;
   }
 
+  /**
+   * The next time a client sends bytes containing `pattern`, they are forwarded to the server and
+   * then that connection is cut so that the client never hears back: the client's side is destroyed
+   * at once, the server's side is ended after the bytes are written (the server reads them, then
+   * end-of-file), and what the server answers is discarded. For example a PostgreSQL COMMIT that
+   * reaches the server while the client sees its connection lost. Resolves with the local port of
+   * the proxy's connection to the server: the server's name for that client (pg_stat_activity's
+   * `client_port`).
+   */
+  cutAfterClientSends(pattern: Buffer): Promise<number> {
+    return new Promise((resolve) => {
+      this.trap = { pattern, sprung: resolve };
+    });
+  }
+
   async close(): Promise<void> {
     this.cutAll();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
@@ -72,6 +94,7 @@ export class TcpProxy {
       return;
     }
     const server = connect(upstream);
+    let trapped = false;
     for (const [socket, other] of [
       [client, server],
       [server, client],
@@ -80,10 +103,24 @@ export class TcpProxy {
       socket.on('error', () => other.destroy());
       socket.on('close', () => {
         this.connections.delete(socket);
-        other.destroy();
+        // A trapped connection's server side closes on its own, once it has read everything.
+        if (!(trapped && socket === client)) other.destroy();
       });
     }
     client.pipe(server);
     server.pipe(client);
+    // Registered after pipe(), so it runs once the chunk has been written to the server.
+    client.on('data', (chunk: Buffer) => {
+      const trap = this.trap;
+      if (!trap || !chunk.includes(trap.pattern)) return;
+      this.trap = undefined;
+      trapped = true;
+      client.unpipe(server);
+      server.unpipe(client);
+      server.resume(); // read and drop the server's answer
+      server.end();
+      client.destroy();
+      trap.sprung(server.localPort ?? 0);
+    });
   }
 }
