@@ -141,6 +141,8 @@ describe('scaled out: the network to a server is cut during a burst', { skip: !a
     const posting = postEmails(api.apiUrl, {
       count: MAX_EMAILS,
       clients: 8,
+      // Clients back off a little after a 503 rather than hammering the API through the outage.
+      pauseAfterErrorMs: 50,
       email: email('cut-pg'),
       stop: () => stopping,
       onResult: (result) => {

@@ -161,6 +161,8 @@ export interface PostOptions {
    * being committed. Default 0.
    */
   readonly jitterMs?: number;
+  /** After an answer other than 202 (or none), the client waits this long before its next request. Default 0. */
+  readonly pauseAfterErrorMs?: number;
 }
 
 /** POSTs /v1/emails from `clients` parallel loops; resolves with every result, in request order. */
@@ -180,6 +182,9 @@ export async function postEmails(apiUrl: string, options: PostOptions): Promise<
         const result = await postOne(url, i, options.email(i));
         results.push(result);
         options.onResult?.(result);
+        if (result.status !== 202 && options.pauseAfterErrorMs) {
+          await new Promise((resolve) => setTimeout(resolve, options.pauseAfterErrorMs));
+        }
       }
     }),
   );
