@@ -48,10 +48,10 @@ describe('scaled out: the network to a server is cut during a burst', { skip: !a
     const EMAILS = 500;
     const CUT_AT = 100;
     const proxy = await TcpProxy.start(AMQP_URL);
-    t.after(() => proxy.close());
     const { schema, sink, cluster } = await setUpScaledOut(t, {
       MAILROOM_BROKER_URL: proxy.urlFor(AMQP_URL),
     });
+    t.after(() => proxy.close()); // after the processes are killed
     const api = await cluster.api();
     await Promise.all([cluster.worker(), cluster.worker()]);
     assert.equal(proxy.openConnections, 3, 'each process holds one RabbitMQ connection, through the proxy');
