@@ -149,11 +149,27 @@ async function startRabbitmq(options: ShapeOptions): Promise<RunningShape> {
   const stopProcesses = options.janitor.add('stop the api and workers', () => stopAll(processes));
   log(`  pids: ${processes.map((child) => `${child.name} ${child.pid}`).join(', ')}`);
   await waitStarted(processes, `http://127.0.0.1:${port}/ready`);
+  // The backends serving this run's processes, by the application_name the store gives them.
+  const backends = new pg.Client({ connectionString: POSTGRES_URL, application_name: 'mailroom-bench' });
+  backends.on('error', () => undefined);
+  await backends.connect();
+  const closeBackends = options.janitor.add('close the bench connection to PostgreSQL', () => backends.end());
   const cpuGroups: CpuGroup[] = [
-    { name: 'postgres*', commands: ['postgres'] },
+    {
+      name: 'postgres',
+      findPids: async () =>
+        (
+          await backends.query<{ pid: number }>(
+            'SELECT pid FROM pg_stat_activity WHERE application_name = $1',
+            [`mailroom:${schema}`],
+          )
+        ).rows.map((row) => row.pid),
+    },
+    { name: 'postgres-other*', commands: ['postgres'] },
     { name: 'rabbitmq*', commands: ['beam.smp'] },
   ];
   return running('rabbitmq', port, processes, cpuGroups, async () => {
+    await closeBackends();
     await stopProcesses();
     await deleteResources();
   });
