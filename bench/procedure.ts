@@ -79,12 +79,21 @@ export async function measureShape(shape: RunningShape, plan: Plan, context: Con
   log(`  warm-up: ${describe(warmup)}`);
 
   const steps: StepResult[] = [];
+  const countersBefore = await shape.counters();
   for (const rate of plan.rates) {
     const step = await runStep(shape.emailsUrl, rate, plan.stepMs, context, cpuGroups);
     steps.push(step);
     log(`  offered ${rate}/s: ${describe(step)}\n    ${step.cpu}`);
     // Carry on below the latency rate: its latencies are reported whatever happens under it.
     if (!step.sustained && rate >= plan.latencyRate) break;
+  }
+  const countersAfter = await shape.counters();
+  const emails = steps.reduce((sum, step) => sum + step.accepted, 0);
+  if (Object.keys(countersAfter).length > 0) {
+    const perEmail = Object.entries(countersAfter)
+      .map(([name, value]) => `${name} ${((value - (countersBefore[name] ?? 0)) / emails).toFixed(2)}`)
+      .join(', ');
+    log(`  per email over the ladder (${emails} emails): ${perEmail}`);
   }
   const sustained = steps.filter((step) => step.sustained);
   const best = sustained.reduce<StepResult | undefined>(

@@ -57,6 +57,11 @@ export interface RunningShape {
   readonly processes: readonly MailroomChild[];
   /** What else to watch the CPU of while this shape runs (the servers it uses). */
   readonly cpuGroups: readonly CpuGroup[];
+  /**
+   * Counters that only grow (PostgreSQL commits, rows written…), for figures per email over the
+   * ladder; a trailing `*` marks a machine-wide one that other users of the server add to.
+   */
+  counters(): Promise<Record<string, number>>;
   /** Rejects as soon as one of the processes exits on its own; never resolves. */
   readonly failed: Promise<never>;
   /** Peak RSS in MB of each process, by name; read while they still run. */
@@ -105,10 +110,17 @@ async function startEmbedded(options: ShapeOptions): Promise<RunningShape> {
       `  settings: ${settings(env, ['MAILROOM_SMTP_POOL', 'MAILROOM_CONCURRENCY', 'MAILROOM_POLL_INTERVAL_MS', 'MAILROOM_SHUTDOWN_TIMEOUT_MS'])}`,
   );
   await waitStarted(processes, `http://127.0.0.1:${port}/ready`);
-  return running('embedded', port, processes, [], async () => {
-    await stopProcesses();
-    await removeDataDir();
-  });
+  return running(
+    'embedded',
+    port,
+    processes,
+    [],
+    async () => ({}),
+    async () => {
+      await stopProcesses();
+      await removeDataDir();
+    },
+  );
 }
 
 async function startRabbitmq(options: ShapeOptions): Promise<RunningShape> {
@@ -168,7 +180,17 @@ async function startRabbitmq(options: ShapeOptions): Promise<RunningShape> {
     { name: 'postgres-other*', commands: ['postgres'] },
     { name: 'rabbitmq*', commands: ['beam.smp'] },
   ];
-  return running('rabbitmq', port, processes, cpuGroups, async () => {
+  // PostgreSQL's statistics reach these views within about a second of each transaction.
+  const counters = async () => {
+    const { rows } = await backends.query<Record<string, string | null>>(
+      `SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS "commits*",
+              sum(n_tup_ins) AS "rows inserted", sum(n_tup_upd) AS "rows updated", sum(n_tup_del) AS "rows deleted"
+         FROM pg_stat_user_tables WHERE schemaname = $1`,
+      [schema],
+    );
+    return Object.fromEntries(Object.entries(rows[0] ?? {}).map(([key, value]) => [key, Number(value ?? 0)]));
+  };
+  return running('rabbitmq', port, processes, cpuGroups, counters, async () => {
     await closeBackends();
     await stopProcesses();
     await deleteResources();
@@ -180,6 +202,7 @@ function running(
   port: number,
   processes: readonly MailroomChild[],
   cpuGroups: readonly CpuGroup[],
+  counters: () => Promise<Record<string, number>>,
   stop: () => Promise<void>,
 ): RunningShape {
   const failed = new Promise<never>((_, reject) => {
@@ -201,6 +224,7 @@ function running(
     emailsUrl: `http://127.0.0.1:${port}/v1/emails`,
     processes,
     cpuGroups,
+    counters,
     failed,
     peakRssMb: () => Object.fromEntries(processes.map((child) => [child.name, peakRssMb(child.pid)])),
     stop,
