@@ -29,6 +29,11 @@ export const ERROR_CODES = {
     status: 503,
     description: 'The store could not commit the job; nothing was accepted.',
   },
+  STORE_OUTCOME_UNKNOWN: {
+    status: 503,
+    description:
+      'The store connection broke during the commit and could not be checked: the email may have been accepted; the message names its id.',
+  },
   INTERNAL: { status: 500, description: 'An unexpected error; the log has the detail.' },
   BROKER_UNAVAILABLE: {
     status: 0,

@@ -4,7 +4,7 @@ import type { JobStatus, NewJob } from '../domain/email.js';
 import type { ValidatedEmail } from '../domain/validate-email.js';
 import { MailroomError } from '../errors.js';
 import { messageIdFor } from '../mime/message-id.js';
-import type { CreateJobResult, Store } from '../store/store.js';
+import { CommitUnknownError, type CreateJobResult, type Store } from '../store/store.js';
 import { Batcher } from '../util/batcher.js';
 import { hashRequest } from '../util/hash-request.js';
 
@@ -83,6 +83,12 @@ export class EmailIntake {
       result = await this.commits.add(job);
     } catch (error) {
       this.logger.error({ err: error, job_id: job.id }, 'could not commit a new job');
+      if (error instanceof CommitUnknownError) {
+        throw new MailroomError(
+          'STORE_OUTCOME_UNKNOWN',
+          `The connection to the store broke during the commit and the store could not be asked afterwards: the email may have been accepted as ${job.id}. Look it up (GET /v1/emails/${job.id}) before sending it again, or retry with the same Idempotency-Key.`,
+        );
+      }
       throw new MailroomError(
         'STORE_UNAVAILABLE',
         'The email could not be stored; nothing was accepted. Retry.',

@@ -101,6 +101,24 @@ export type CancelResult =
   | { readonly kind: 'not_found' }
   | { readonly kind: 'invalid_state'; readonly status: JobStatus };
 
+/**
+ * `createJobs` could not tell whether its commit happened (the connection died during COMMIT and the
+ * database stayed unreachable while the store checked). The jobs may exist: a caller must not say
+ * "nothing was accepted".
+ */
+export class CommitUnknownError extends Error {
+  constructor(
+    /** The ids of the jobs that were being created. */
+    readonly jobIds: readonly string[],
+    override readonly cause: unknown,
+  ) {
+    super(
+      `could not tell whether ${jobIds.length} new jobs were committed: ${(cause as Error)?.message ?? cause}`,
+    );
+    this.name = 'CommitUnknownError';
+  }
+}
+
 /** A job whose message a dispatcher must publish to the broker. */
 export interface OutboxEntry {
   readonly jobId: string;
@@ -150,7 +168,9 @@ export interface Store {
    * Commits new jobs with their first event, in one transaction, honouring idempotency keys.
    * A job whose id already exists is not written again: its result is `duplicate` with the stored
    * status (a producer outside Mailroom republished it).
-   * Results are in the order of `jobs`. Resolves only once the commit is durable.
+   * Results are in the order of `jobs`. Resolves only once the commit is durable. Rejects with
+   * `CommitUnknownError` when the adapter cannot tell whether the commit happened; any other
+   * rejection means nothing was written.
    */
   createJobs(jobs: readonly NewJob[]): Promise<CreateJobResult[]>;
 

@@ -40,6 +40,20 @@ const TYPES: pg.CustomTypesConfig = {
       : pg.types.getTypeParser(oid, format)) as pg.CustomTypesConfig['getTypeParser'],
 };
 
+/**
+ * The connection was lost while a COMMIT was under way: PostgreSQL may or may not have committed.
+ * Carries what the transaction's work returned, which holds if it did.
+ */
+export class CommitOutcomeUnknownError<T> extends Error {
+  constructor(
+    readonly result: T,
+    override readonly cause: unknown,
+  ) {
+    super(`the connection was lost during COMMIT: ${(cause as Error)?.message ?? cause}`);
+    this.name = 'CommitOutcomeUnknownError';
+  }
+}
+
 export class Database {
   readonly connectTimeoutMs: number;
   private readonly pool: pg.Pool;
@@ -101,11 +115,9 @@ export class Database {
       (client) => client.query('BEGIN'),
       (client) => client,
     );
+    let result: T;
     try {
-      const result = await work(client);
-      await client.query('COMMIT');
-      client.release();
-      return result;
+      result = await work(client);
     } catch (error) {
       await client.query('ROLLBACK').then(
         () => client.release(),
@@ -114,6 +126,17 @@ export class Database {
       );
       throw error;
     }
+    try {
+      await client.query('COMMIT');
+    } catch (error) {
+      client.release(error as Error);
+      // The COMMIT may have reached the server and committed before the connection died: the
+      // caller must find out which, not assume it failed.
+      if (isConnectionLost(error)) throw new CommitOutcomeUnknownError(result, error);
+      throw error;
+    }
+    client.release();
+    return result;
   }
 
   async close(): Promise<void> {

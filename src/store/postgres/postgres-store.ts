@@ -9,28 +9,33 @@ import {
 } from '../../domain/email.js';
 import type { ComponentHealth } from '../../transport/transport.js';
 import { decodeCursor, encodeCursor } from '../cursor.js';
-import type {
-  CancelResult,
-  ClaimRequest,
-  ClaimResult,
-  CreateJobResult,
-  DeadLetterFilter,
-  DueJob,
-  JobFilter,
-  Outbox,
-  Page,
-  RecordOutcome,
-  Store,
+import {
+  type CancelResult,
+  type ClaimRequest,
+  type ClaimResult,
+  CommitUnknownError,
+  type CreateJobResult,
+  type DeadLetterFilter,
+  type DueJob,
+  type JobFilter,
+  type Outbox,
+  type Page,
+  type RecordOutcome,
+  type Store,
 } from '../store.js';
 import { claimJobs } from './claim-jobs.js';
 import { Conditions } from './conditions.js';
 import { createJobs } from './create-jobs.js';
-import { checkSchemaName, Database } from './database.js';
+import { CommitOutcomeUnknownError, checkSchemaName, Database } from './database.js';
 import { migrate } from './migrations.js';
 import { PostgresOutbox } from './postgres-outbox.js';
 import { probeHealth } from './probe-health.js';
 import { recordOutcomes } from './record-outcomes.js';
 import { type EventRow, type JobRow, toEvent, toJob, toJson } from './rows.js';
+
+/** After a connection lost during COMMIT: how often, and how far apart, to ask whether it happened. */
+const COMMIT_CHECK_ATTEMPTS = 10;
+const COMMIT_CHECK_PAUSE_MS = 500;
 
 export interface PostgresStoreOptions {
   /** `postgres://user[:password]@host[:port]/database`. */
@@ -88,9 +93,44 @@ export class PostgresStore implements Store {
     return probeHealth(this.db, this.schema);
   }
 
-  createJobs(jobs: readonly NewJob[]): Promise<CreateJobResult[]> {
-    if (jobs.length === 0) return Promise.resolve([]);
-    return this.db.transaction((sql) => createJobs(sql, jobs, this.withOutbox));
+  async createJobs(jobs: readonly NewJob[]): Promise<CreateJobResult[]> {
+    if (jobs.length === 0) return [];
+    try {
+      return await this.db.transaction((sql) => createJobs(sql, jobs, this.withOutbox));
+    } catch (error) {
+      if (!(error instanceof CommitOutcomeUnknownError)) throw error;
+      return this.afterUncertainCommit(error as CommitOutcomeUnknownError<CreateJobResult[]>);
+    }
+  }
+
+  /**
+   * The connection died during COMMIT. The new jobs' ids are known, so ask (on another connection)
+   * whether they exist: all there → the commit happened and its results stand; none → it did not,
+   * and the caller may truthfully say nothing was accepted. While the database cannot be asked,
+   * keep trying for a few seconds, then give up with `CommitUnknownError`.
+   */
+  private async afterUncertainCommit(
+    uncertain: CommitOutcomeUnknownError<CreateJobResult[]>,
+  ): Promise<CreateJobResult[]> {
+    const results = uncertain.result;
+    const created = results.flatMap((result) => (result.kind === 'created' ? [result.id] : []));
+    // Nothing new was written either way: duplicates and conflicts point at jobs that exist.
+    if (created.length === 0) return results;
+    for (let attempt = 1; attempt <= COMMIT_CHECK_ATTEMPTS; attempt++) {
+      const found = await this.countJobs(created).catch(() => undefined);
+      if (found === created.length) return results;
+      if (found === 0) throw uncertain.cause;
+      await new Promise((resolve) => setTimeout(resolve, COMMIT_CHECK_PAUSE_MS));
+    }
+    throw new CommitUnknownError(created, uncertain.cause);
+  }
+
+  private async countJobs(ids: readonly string[]): Promise<number> {
+    const { rows } = await this.db.query<{ found: number }>(
+      'SELECT count(*)::int AS found FROM jobs WHERE id = ANY($1::text[])',
+      [ids],
+    );
+    return rows[0]?.found ?? 0;
   }
 
   async getJob(id: string): Promise<JobWithEvents | undefined> {
