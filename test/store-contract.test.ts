@@ -1045,6 +1045,19 @@ describe('PostgreSQL store only', { skip: !postgresUp }, () => {
       );
     });
 
+    test('release makes taken entries due again at once', async () => {
+      const job = newJob();
+      await create(store, job);
+      const outbox = store.outbox!;
+      assert.equal((await outbox.take(T0 + 10, 10, 60_000)).length, 1);
+      assert.deepEqual(await outbox.take(T0 + 20, 10, 60_000), [], 'held');
+      await outbox.release([job.id], T0 + 30);
+      assert.deepEqual(
+        (await outbox.take(T0 + 30, 10, 60_000)).map((entry) => entry.jobId),
+        [job.id],
+      );
+    });
+
     test('replayDeadLetters adds entries for the replayed jobs', async () => {
       const job = newJob();
       await create(store, job);

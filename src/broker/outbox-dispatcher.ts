@@ -90,7 +90,7 @@ export class OutboxDispatcher {
       try {
         published = await this.publishBatch();
         backoffMs = BACKOFF_MIN_MS;
-        this.recovered();
+        if (published > 0) this.recovered();
       } catch (error) {
         this.failed(error);
         // Commits keep waking us during an outage; the backoff must not give way to them.
@@ -109,12 +109,20 @@ export class OutboxDispatcher {
   private async publishBatch(): Promise<number> {
     const entries = await this.outbox.take(Date.now(), this.options.batchSize, this.options.holdMs);
     if (entries.length === 0) return 0;
-    await withTimeout(
-      this.broker.publish(entries.map(toMessage)),
-      this.options.publishTimeoutMs,
-      `the broker did not confirm ${entries.length} publishes within ${this.options.publishTimeoutMs} ms`,
-    );
-    await this.outbox.complete(entries.map((entry) => entry.jobId));
+    const ids = entries.map((entry) => entry.jobId);
+    try {
+      await withTimeout(
+        this.broker.publish(entries.map(toMessage)),
+        this.options.publishTimeoutMs,
+        `the broker did not confirm ${entries.length} publishes within ${this.options.publishTimeoutMs} ms`,
+      );
+    } catch (error) {
+      // Due again at once, so they go out as soon as the broker is back rather than after the hold.
+      // Best effort: if this fails too, the hold brings them back anyway.
+      await this.outbox.release(ids, Date.now()).catch(() => {});
+      throw error;
+    }
+    await this.outbox.complete(ids);
     return entries.length;
   }
 

@@ -142,6 +142,8 @@ export interface Outbox {
   take(now: number, limit: number, holdMs: number): Promise<OutboxEntry[]>;
   /** Removes entries whose publish the broker confirmed. */
   complete(jobIds: readonly string[]): Promise<void>;
+  /** Makes taken entries due again at once (their publish failed): no need to wait out the hold. */
+  release(jobIds: readonly string[], now: number): Promise<void>;
   /**
    * The safety net for messages lost outside Mailroom (a queue purged, a broker's delivery limit):
    * adds entries for active jobs (queued, scheduled, processing, deferred) whose `run_at` (due

@@ -53,6 +53,11 @@ export class PostgresOutbox implements Outbox {
     await this.db.query('DELETE FROM outbox WHERE job_id = ANY($1::text[])', [jobIds]);
   }
 
+  async release(jobIds: readonly string[], now: number): Promise<void> {
+    if (jobIds.length === 0) return;
+    await this.db.query('UPDATE outbox SET available_at = $2 WHERE job_id = ANY($1::text[])', [jobIds, now]);
+  }
+
   /**
    * Every active job (`run_at` is NULL once a job is finished) that is long overdue and has no
    * entry: its message was lost outside Mailroom (a purged queue, a broker's delivery limit). An
