@@ -317,7 +317,18 @@ export class Worker {
     let pauseMs = OUTCOME_RETRY_FIRST_PAUSE_MS;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.outcomes.add(request);
+        const accepted = await this.outcomes.add(request);
+        if (!accepted && attempt > 1) {
+          // The failed write may have committed with its reply lost: then the job has moved on
+          // under this very token and this retry finds nothing to change. Say so, rather than
+          // blame another worker; the caller settles the delivery either way.
+          log.warn(
+            { outcome: request.outcome.kind },
+            'outcome write retried after an error and refused: the first write probably landed',
+          );
+          return true;
+        }
+        return accepted;
       } catch (error) {
         if (Date.now() + pauseMs >= deadline) throw error;
         if (attempt === 1)
