@@ -2,9 +2,9 @@
  * Where the CPU goes during a step, from /proc: each of the benchmark's own processes by pid, the
  * servers the scaled-out shape talks to (its own PostgreSQL backends by pid; the rest of PostgreSQL
  * and RabbitMQ's Erlang VM by process name, machine-wide, so other users of those servers count
- * there too), and the whole machine. Also each group's write system calls (/proc/<pid>/io syscw):
- * on loopback every socket write also pays for the receiver's TCP work, and writes per email show
- * the round trips. CPU time from /proc is what the processes used, unlike a profile's samples,
+ * there too), and the whole machine. Also each group's write system calls (/proc/<pid>/io syscw,
+ * sockets and files alike): on loopback every socket write also pays for the receiver's TCP work,
+ * and writes per email show the round trips. CPU time from /proc is what the processes used, unlike a profile's samples,
  * which on a saturated machine also count the time a thread waited to be scheduled again.
  * Linux only; elsewhere every figure reads NaN.
  */

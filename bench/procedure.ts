@@ -14,6 +14,8 @@ import { summarize } from './stats.js';
 const BACKLOG_TOLERANCE_S = 0.25;
 /** …and deliveries during the step reach at least this share of the offered rate. */
 const MIN_DELIVERED_SHARE = 0.9;
+/** PostgreSQL's statistics views lag the work by up to about a second. */
+const STATS_DELAY_MS = 1500;
 /** How long the backlog a step leaves may take to reach the sink before the run fails. */
 const DRAIN_TIMEOUT_MS = 60_000;
 
@@ -79,7 +81,7 @@ export async function measureShape(shape: RunningShape, plan: Plan, context: Con
   log(`  warm-up: ${describe(warmup)}`);
 
   const steps: StepResult[] = [];
-  const countersBefore = await shape.counters();
+  const countersBefore = await settledCounters(shape);
   for (const rate of plan.rates) {
     const step = await runStep(shape.emailsUrl, rate, plan.stepMs, context, cpuGroups);
     steps.push(step);
@@ -87,11 +89,13 @@ export async function measureShape(shape: RunningShape, plan: Plan, context: Con
     // Carry on below the latency rate: its latencies are reported whatever happens under it.
     if (!step.sustained && rate >= plan.latencyRate) break;
   }
-  const countersAfter = await shape.counters();
+  const countersAfter = await settledCounters(shape);
   const emails = steps.reduce((sum, step) => sum + step.accepted, 0);
   if (Object.keys(countersAfter).length > 0) {
     const perEmail = Object.entries(countersAfter)
-      .map(([name, value]) => `${name} ${((value - (countersBefore[name] ?? 0)) / emails).toFixed(2)}`)
+      .map(([name, value]) => [name, (value - (countersBefore[name] ?? 0)) / emails] as const)
+      .filter(([, value]) => value !== 0)
+      .map(([name, value]) => `${name} ${value.toFixed(2)}`)
       .join(', ');
     log(`  per email over the ladder (${emails} emails): ${perEmail}`);
   }
@@ -124,6 +128,16 @@ export async function measureShape(shape: RunningShape, plan: Plan, context: Con
     delivery_p99_ms: round(atLatencyRate.deliveryMs.p99),
     peak_rss_mb: Math.round(totalRss),
   };
+}
+
+/**
+ * The shape's counters once the work before has reached them: PostgreSQL backends report their
+ * statistics at most once a second.
+ */
+async function settledCounters(shape: RunningShape): Promise<Record<string, number>> {
+  if (!shape.counters) return {};
+  await new Promise((resolve) => setTimeout(resolve, STATS_DELAY_MS));
+  return shape.counters();
 }
 
 function describe(step: StepResult): string {

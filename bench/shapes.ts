@@ -61,7 +61,7 @@ export interface RunningShape {
    * Counters that only grow (PostgreSQL commits, rows written…), for figures per email over the
    * ladder; a trailing `*` marks a machine-wide one that other users of the server add to.
    */
-  counters(): Promise<Record<string, number>>;
+  readonly counters?: () => Promise<Record<string, number>>;
   /** Rejects as soon as one of the processes exits on its own; never resolves. */
   readonly failed: Promise<never>;
   /** Peak RSS in MB of each process, by name; read while they still run. */
@@ -181,14 +181,25 @@ async function startRabbitmq(options: ShapeOptions): Promise<RunningShape> {
     { name: 'rabbitmq*', commands: ['beam.smp'] },
   ];
   // PostgreSQL's statistics reach these views within about a second of each transaction.
-  const counters = async () => {
-    const { rows } = await backends.query<Record<string, string | null>>(
-      `SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS "commits*",
-              sum(n_tup_ins) AS "rows inserted", sum(n_tup_upd) AS "rows updated", sum(n_tup_del) AS "rows deleted"
-         FROM pg_stat_user_tables WHERE schemaname = $1`,
+  const counters = async (): Promise<Record<string, number>> => {
+    const commits = await backends.query<{ commits: string }>(
+      'SELECT xact_commit AS commits FROM pg_stat_database WHERE datname = current_database()',
+    );
+    const tables = await backends.query<{
+      table: string;
+      inserted: string;
+      updated: string;
+      deleted: string;
+    }>(
+      `SELECT relname AS table, n_tup_ins AS inserted, n_tup_upd AS updated, n_tup_del AS deleted
+         FROM pg_stat_user_tables WHERE schemaname = $1 ORDER BY relname`,
       [schema],
     );
-    return Object.fromEntries(Object.entries(rows[0] ?? {}).map(([key, value]) => [key, Number(value ?? 0)]));
+    const result: Record<string, number> = { 'commits*': Number(commits.rows[0]?.commits ?? Number.NaN) };
+    for (const kind of ['inserted', 'updated', 'deleted'] as const) {
+      for (const row of tables.rows) result[`${kind} ${row.table}`] = Number(row[kind]);
+    }
+    return result;
   };
   return running('rabbitmq', port, processes, cpuGroups, counters, async () => {
     await closeBackends();
@@ -202,7 +213,7 @@ function running(
   port: number,
   processes: readonly MailroomChild[],
   cpuGroups: readonly CpuGroup[],
-  counters: () => Promise<Record<string, number>>,
+  counters: (() => Promise<Record<string, number>>) | undefined,
   stop: () => Promise<void>,
 ): RunningShape {
   const failed = new Promise<never>((_, reject) => {
@@ -224,7 +235,7 @@ function running(
     emailsUrl: `http://127.0.0.1:${port}/v1/emails`,
     processes,
     cpuGroups,
-    counters,
+    ...(counters && { counters }),
     failed,
     peakRssMb: () => Object.fromEntries(processes.map((child) => [child.name, peakRssMb(child.pid)])),
     stop,
