@@ -14,8 +14,11 @@ import { summarize } from './stats.js';
 const BACKLOG_TOLERANCE_S = 0.25;
 /** …and deliveries during the step reach at least this share of the offered rate. */
 const MIN_DELIVERED_SHARE = 0.9;
-/** PostgreSQL's statistics views lag the work by up to about a second. */
-const STATS_DELAY_MS = 1500;
+/**
+ * PostgreSQL's statistics views lag the work: a busy backend reports at most once a second, and one
+ * that went idle with statistics pending reports them 10 s later (PGSTAT_IDLE_INTERVAL).
+ */
+const STATS_DELAY_MS = 11_000;
 /** How long the backlog a step leaves may take to reach the sink before the run fails. */
 const DRAIN_TIMEOUT_MS = 60_000;
 
@@ -81,7 +84,9 @@ export async function measureShape(shape: RunningShape, plan: Plan, context: Con
   log(`  warm-up: ${describe(warmup)}`);
 
   const steps: StepResult[] = [];
-  const countersBefore = await settledCounters(shape);
+  // Counters need a pause before each read to be right: full runs only, --quick stays quick.
+  const counting = shape.counters !== undefined && !context.quick;
+  const countersBefore = counting ? await settledCounters(shape) : {};
   for (const rate of plan.rates) {
     const step = await runStep(shape.emailsUrl, rate, plan.stepMs, context, cpuGroups);
     steps.push(step);
@@ -89,7 +94,7 @@ export async function measureShape(shape: RunningShape, plan: Plan, context: Con
     // Carry on below the latency rate: its latencies are reported whatever happens under it.
     if (!step.sustained && rate >= plan.latencyRate) break;
   }
-  const countersAfter = await settledCounters(shape);
+  const countersAfter = counting ? await settledCounters(shape) : {};
   const emails = steps.reduce((sum, step) => sum + step.accepted, 0);
   if (Object.keys(countersAfter).length > 0) {
     const perEmail = Object.entries(countersAfter)
@@ -130,12 +135,10 @@ export async function measureShape(shape: RunningShape, plan: Plan, context: Con
   };
 }
 
-/**
- * The shape's counters once the work before has reached them: PostgreSQL backends report their
- * statistics at most once a second.
- */
+/** The shape's counters once the work done so far has reached them (STATS_DELAY_MS). */
 async function settledCounters(shape: RunningShape): Promise<Record<string, number>> {
   if (!shape.counters) return {};
+  log(`  waiting ${STATS_DELAY_MS / 1000} s for PostgreSQL's statistics to catch up…`);
   await new Promise((resolve) => setTimeout(resolve, STATS_DELAY_MS));
   return shape.counters();
 }

@@ -180,7 +180,7 @@ async function startRabbitmq(options: ShapeOptions): Promise<RunningShape> {
     { name: 'postgres-other*', commands: ['postgres'] },
     { name: 'rabbitmq*', commands: ['beam.smp'] },
   ];
-  // PostgreSQL's statistics reach these views within about a second of each transaction.
+  // PostgreSQL's statistics reach these views late (see procedure.ts): read them after a pause.
   const counters = async (): Promise<Record<string, number>> => {
     const commits = await backends.query<{ commits: string }>(
       'SELECT xact_commit AS commits FROM pg_stat_database WHERE datname = current_database()',
