@@ -196,7 +196,7 @@ describe('configuration', () => {
       MAILROOM_PORT: 'abc',
       LOG_LEVEL: 'loud',
       MAILROOM_MAX_ATTEMPTS: '0',
-      MAILROOM_BROKER_URL: 'amqp://localhost',
+      MAILROOM_BROKER_URL: 'kafka://localhost',
     });
     for (const name of ['MAILROOM_PORT', 'LOG_LEVEL', 'MAILROOM_MAX_ATTEMPTS', 'MAILROOM_BROKER_URL']) {
       assert.match(error.message, new RegExp(`${name}=`), `${name} reported in: ${error.message}`);
