@@ -118,7 +118,10 @@ export async function buildApp(
       await inbox.start().catch((error: Error) => {
         throw new MailroomError(
           'CONFIG_INVALID',
-          `The dev inbox cannot listen on 127.0.0.1:${config.inboxSmtpPort} (MAILROOM_INBOX_SMTP_PORT): ${error.message}`,
+          `The dev inbox cannot listen on 127.0.0.1:${config.inboxSmtpPort} (MAILROOM_INBOX_SMTP_PORT): ${error.message}` +
+            (roles.api
+              ? ''
+              : '. With several workers, run `mailroom inbox` once and point every worker at it with MAILROOM_SMTP_URL=smtp://127.0.0.1:1025'),
         );
       });
       urls.inboxSmtp = `smtp://127.0.0.1:${inbox.port}`;
