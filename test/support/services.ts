@@ -8,6 +8,7 @@ import { connect } from 'node:net';
 export const POSTGRES_URL =
   process.env.MAILROOM_TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 export const AMQP_URL = process.env.MAILROOM_TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+export const NATS_URL = process.env.MAILROOM_TEST_NATS_URL ?? 'nats://127.0.0.1:4222';
 
 const PROBE_TIMEOUT_MS = 2000;
 
