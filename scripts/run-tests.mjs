@@ -2,10 +2,10 @@
 // Runs every *.test.ts under src/ and test/ with Node's own test runner, one file at a time:
 // integration tests start servers and processes, and this machine has two cores.
 //
-// Then it runs the shape-neutral integration suite a second time on the scaled-out shape
-// (MAILROOM_TEST_SHAPE=rabbitmq: PostgreSQL and RabbitMQ), so every adapter passes the same tests.
-// When those servers are unreachable it says so loudly and skips that pass, unless CI is set:
-// then it fails. `node scripts/run-tests.mjs FILE…` runs just those files, on the shape
+// Then it runs the shape-neutral integration suite again on each scaled-out shape
+// (MAILROOM_TEST_SHAPE=rabbitmq: PostgreSQL and RabbitMQ; =nats: PostgreSQL and NATS JetStream), so
+// every adapter passes the same tests. When a shape's servers are unreachable it says so loudly and
+// skips that pass, unless CI is set: then it fails. `node scripts/run-tests.mjs FILE…` runs just those files, on the shape
 // MAILROOM_TEST_SHAPE names (embedded by default).
 import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
@@ -15,9 +15,22 @@ import { join } from 'node:path';
 /** The files that test behaviour through the API only, so they hold for every shape. */
 const SHAPE_NEUTRAL = ['test/api.test.ts', 'test/compat.test.ts', 'test/delivery.test.ts'];
 
-const SCALED_OUT_SERVERS = [
-  ['PostgreSQL', process.env.MAILROOM_TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test'],
-  ['RabbitMQ', process.env.MAILROOM_TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672'],
+const POSTGRES = [
+  'PostgreSQL',
+  process.env.MAILROOM_TEST_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
+];
+/** Each scaled-out shape, with the servers it needs. */
+const SCALED_OUT_SHAPES = [
+  [
+    'rabbitmq',
+    'PostgreSQL + RabbitMQ',
+    [POSTGRES, ['RabbitMQ', process.env.MAILROOM_TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672']],
+  ],
+  [
+    'nats',
+    'PostgreSQL + NATS JetStream',
+    [POSTGRES, ['NATS', process.env.MAILROOM_TEST_NATS_URL ?? 'nats://127.0.0.1:4222']],
+  ],
 ];
 
 function findTests(dir) {
@@ -57,17 +70,21 @@ if (only.length > 0) process.exit(run(only));
 const status = run([...findTests('src'), ...findTests('test')].sort());
 if (status !== 0) process.exit(status);
 
-const down = [];
-for (const [name, url] of SCALED_OUT_SERVERS)
-  if (!(await reachable(url))) down.push(`${name} (${new URL(url).host})`);
-if (down.length > 0) {
-  const message = `the scaled-out shape's servers are unreachable: ${down.join(', ')}; its pass of the integration suite cannot run.`;
-  if (process.env.CI) {
-    console.error(`\n✖ ${message} CI is set, so this is a failure.`);
-    process.exit(1);
+let failed = false;
+for (const [shape, title, servers] of SCALED_OUT_SHAPES) {
+  const down = [];
+  for (const [name, url] of servers) if (!(await reachable(url))) down.push(`${name} (${new URL(url).host})`);
+  if (down.length > 0) {
+    const message = `${title}: unreachable ${down.join(', ')}; this shape's pass of the integration suite cannot run.`;
+    if (process.env.CI) {
+      console.error(`\n✖ ${message} CI is set, so this is a failure.`);
+      failed = true;
+    } else {
+      console.error(`\n!!! SKIPPING: ${message}\n`);
+    }
+    continue;
   }
-  console.error(`\n!!! SKIPPING: ${message}\n`);
-  process.exit(0);
+  console.error(`\n── the integration suite again, on the scaled-out shape ${shape} (${title}) ──\n`);
+  if (run(SHAPE_NEUTRAL, { MAILROOM_TEST_SHAPE: shape }) !== 0) failed = true;
 }
-console.error('\n── the integration suite again, on the scaled-out shape (PostgreSQL + RabbitMQ) ──\n');
-process.exit(run(SHAPE_NEUTRAL, { MAILROOM_TEST_SHAPE: 'rabbitmq' }));
+process.exit(failed ? 1 : 0);

@@ -5,6 +5,7 @@
 import type { Logger } from 'pino';
 import type { Broker, MessageCodec } from './broker/broker.js';
 import { EmbeddedBroker } from './broker/embedded/embedded-broker.js';
+import { NatsBroker } from './broker/nats/nats-broker.js';
 import { RabbitMqBroker } from './broker/rabbitmq/rabbitmq-broker.js';
 import type { Config } from './config/config-schema.js';
 import { isNetworkBroker, sqlitePath, storeKind } from './config/load-config.js';
@@ -28,6 +29,20 @@ export function createStore(config: Config): Store {
 export function createBroker(config: Config, store: Store, codec: MessageCodec, logger: Logger): Broker {
   if (!isNetworkBroker(config)) {
     return new EmbeddedBroker(store, { pollIntervalMs: config.pollIntervalMs, logger });
+  }
+  if (/^(nats|tls):/.test(config.brokerUrl)) {
+    return new NatsBroker({
+      url: config.brokerUrl,
+      stream: config.natsStream,
+      subject: config.natsSubject,
+      consumer: config.natsConsumer,
+      // A message a worker holds must outlive its longest send; the lease is longer than the SMTP
+      // timeout by the configuration's own check.
+      ackWaitMs: config.leaseMs,
+      prefetch: config.prefetch,
+      codec,
+      logger,
+    });
   }
   return new RabbitMqBroker({
     url: config.brokerUrl,

@@ -126,10 +126,12 @@ export const CONFIG_SCHEMA = {
   brokerUrl: {
     env: 'MAILROOM_BROKER_URL',
     default: 'embedded',
-    expected: '`embedded` or amqp[s]://user:pass@host[:port][/vhost]',
+    expected:
+      '`embedded`, amqp[s]://user:pass@host[:port][/vhost] or nats://[user:pass@]host[:port] (tls:// for NATS over TLS)',
     description:
-      'The broker. `embedded` keeps the queue in the store (no external server); `amqp://` selects RabbitMQ, which needs the PostgreSQL store.',
-    parse: (raw: string) => (raw.trim() === 'embedded' ? 'embedded' : urlWithScheme('amqp', 'amqps')(raw)),
+      'The broker. `embedded` keeps the queue in the store (no external server); `amqp://` selects RabbitMQ and `nats://` NATS JetStream, which need the PostgreSQL store.',
+    parse: (raw: string) =>
+      raw.trim() === 'embedded' ? 'embedded' : urlWithScheme('amqp', 'amqps', 'nats', 'tls')(raw),
     secret: true,
   },
   amqpQueue: {
@@ -148,12 +150,39 @@ export const CONFIG_SCHEMA = {
       'RabbitMQ only: where given-up messages go, with the reason and last error in headers (`x-mailroom-reason`, `x-mailroom-error`).',
     parse: queueName,
   },
+  natsStream: {
+    env: 'MAILROOM_NATS_STREAM',
+    default: 'messages',
+    expected: 'a stream name: letters, digits, _ and -, at most 200 characters',
+    description:
+      'NATS only: the JetStream work stream (created if missing, work-queue retention, file storage); `<name>_failed` keeps the dead letters.',
+    parse: (raw: string) => (/^[A-Za-z0-9_-]{1,200}$/.test(raw.trim()) ? raw.trim() : undefined),
+  },
+  natsSubject: {
+    env: 'MAILROOM_NATS_SUBJECT',
+    default: 'messages.email',
+    expected: 'a subject without wildcards: tokens of letters, digits, _ and - joined by dots',
+    description:
+      'NATS only: the subject of normal-priority messages; `.high` and `.low` are appended for the other priorities, `.failed` for dead letters.',
+    parse: (raw: string) =>
+      /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(raw.trim()) && raw.trim().length <= 200
+        ? raw.trim()
+        : undefined,
+  },
+  natsConsumer: {
+    env: 'MAILROOM_NATS_CONSUMER',
+    default: 'email-processor',
+    expected: 'a consumer name: letters, digits, _ and -, at most 200 characters',
+    description:
+      'NATS only: the durable pull consumer of normal priority (`-high` and `-low` are appended for the others), shared by every worker.',
+    parse: (raw: string) => (/^[A-Za-z0-9_-]{1,200}$/.test(raw.trim()) ? raw.trim() : undefined),
+  },
   prefetch: {
     env: 'MAILROOM_PREFETCH',
     default: '64',
     expected: 'an integer from 1 to 10000',
     description:
-      'RabbitMQ only: unacknowledged messages a worker process may hold per priority queue, ahead of its MAILROOM_CONCURRENCY sends.',
+      'RabbitMQ and NATS: unacknowledged messages a worker process may hold per priority, ahead of its MAILROOM_CONCURRENCY sends.',
     parse: integer(1, 10_000),
   },
   smtpUrl: {
