@@ -96,7 +96,12 @@ interface Rig {
  * A worker on a real SQLite file (`name`.db) and the test's SMTP sink; `faults` wraps the store the
  * broker and worker see, while the test reads and writes the real one.
  */
-async function startRig(name: string, leaseMs: number, faults: (store: Store) => Store): Promise<Rig> {
+async function startRig(
+  name: string,
+  leaseMs: number,
+  faults: (store: Store) => Store,
+  log = logger,
+): Promise<Rig> {
   const real = new SqliteStore(join(dataDir, `${name}.db`));
   await real.migrate();
   const store = faults(real);
@@ -107,7 +112,7 @@ async function startRig(name: string, leaseMs: number, faults: (store: Store) =>
     broker,
     transport,
     { leaseMs, concurrency: 4, maxAttempts: 5, retryBaseMs: 50, retryMaxMs: 100 },
-    logger,
+    log,
   );
   return {
     real,
@@ -157,6 +162,32 @@ test('an outcome write that fails while the lease has time left is retried: the 
     assert.equal(job?.attempts, 1);
     const copies = sink.messages().filter((m) => m.messageId === messageIdFor(id, 'noreply@acme.test'));
     assert.equal(copies.length, 1);
+  } finally {
+    await close();
+  }
+});
+
+test('while sending, the worker logs its rate once a second; idle, it says nothing', async () => {
+  const lines: Record<string, unknown>[] = [];
+  const capture = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line)) });
+  const { real, worker, close } = await startRig('throughput', 5000, (store) => store, capture);
+  const throughput = () => lines.filter((line) => line.msg === 'throughput');
+  try {
+    const ids = ['0190a1b2-c3d4-7e5f-8a9b-000000000010', '0190a1b2-c3d4-7e5f-8a9b-000000000011'];
+    await real.createJobs(ids.map((id) => newJob(id)));
+    await worker.start();
+    // Both sends usually land in one line; if they straddle a tick, in two.
+    const sent = () => throughput().reduce((sum, line) => sum + Number(line.sent_per_sec), 0);
+    await waitFor('throughput lines adding up to both sends', () => sent() === 2, 3000);
+    const seen = throughput();
+    assert.ok(seen.length <= 2);
+    for (const line of seen) {
+      assert.equal(line.failed_per_sec, 0);
+      assert.equal(typeof line.in_flight, 'number');
+    }
+    // Nothing more to send: no more lines over the next two intervals.
+    await new Promise((resolve) => setTimeout(resolve, 2200));
+    assert.equal(throughput().length, seen.length);
   } finally {
     await close();
   }

@@ -43,6 +43,12 @@ const STORE_ERROR_PAUSE_MS = 1000;
 const OUTCOME_RETRY_FIRST_PAUSE_MS = 100;
 const OUTCOME_RETRY_MAX_PAUSE_MS = 2000;
 const OUTCOME_RETRY_MARGIN_MS = 1000;
+/** How often the worker logs its send rate (only when it recorded something). */
+const THROUGHPUT_LOG_MS = 1000;
+
+function emptyCounts(): Record<Outcome['kind'], number> {
+  return { sent: 0, deferred: 0, failed: 0, released: 0 };
+}
 /** At shutdown, how long to wait for claims still being written after the drain deadline. */
 const CLAIM_GRACE_MS = 5000;
 
@@ -80,6 +86,9 @@ export class Worker {
   private readonly claims: Batcher<ClaimRequest, ClaimResult>;
   private readonly outcomes: Batcher<RecordOutcome, boolean>;
   private readonly creations: Batcher<NewJob, CreateJobResult>;
+  /** Outcomes recorded since the last throughput line. */
+  private counts: Record<Outcome['kind'], number> = emptyCounts();
+  private throughputTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly store: Store,
@@ -106,6 +115,8 @@ export class Worker {
       prefetch: this.options.concurrency,
     });
     this.logger.info({ worker: this.id, concurrency: this.options.concurrency }, 'worker started');
+    this.throughputTimer = setInterval(() => this.logThroughput(), THROUGHPUT_LOG_MS);
+    this.throughputTimer.unref();
   }
 
   /**
@@ -115,6 +126,7 @@ export class Worker {
   async stop(timeoutMs: number): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    clearInterval(this.throughputTimer);
     await this.consumer?.stop();
     const all = Promise.all([...this.inFlight.values()].map((entry) => entry.finished));
     const timedOut = await Promise.race([
@@ -295,6 +307,7 @@ export class Worker {
       (entry.leaseHoldsUntil ?? 0) - OUTCOME_RETRY_MARGIN_MS,
       log,
     );
+    if (accepted) this.counts[outcome.kind]++;
     if (!accepted)
       log.warn({ outcome: outcome.kind }, 'result rejected: the lease was lost to another worker');
     else if (outcome.kind === 'sent') log.debug({ response: outcome.detail.response }, 'sent');
@@ -337,6 +350,24 @@ export class Worker {
         pauseMs = Math.min(pauseMs * 2, OUTCOME_RETRY_MAX_PAUSE_MS);
       }
     }
+  }
+
+  /** One line a second while sending (quiet when idle): what operators watch a send rate with. */
+  private logThroughput(): void {
+    const { sent, deferred, failed, released } = this.counts;
+    if (sent + deferred + failed + released === 0) return;
+    this.counts = emptyCounts();
+    const perSecond = 1000 / THROUGHPUT_LOG_MS;
+    this.logger.info(
+      {
+        worker: this.id,
+        sent_per_sec: sent * perSecond,
+        deferred_per_sec: deferred * perSecond,
+        failed_per_sec: failed * perSecond,
+        in_flight: this.inFlight.size,
+      },
+      'throughput',
+    );
   }
 
   /** Shutdown deadline passed: give every claimed, unfinished job back so the next start takes it. */
