@@ -18,7 +18,7 @@ import {
 } from './support/read-postgres.js';
 import { countByStatus } from './support/read-store.js';
 import { type PostResult, postEmails, setUpScaledOut, waitAllSent } from './support/scaled-out-cluster.js';
-import { AMQP_URL, POSTGRES_URL, serviceAvailable } from './support/services.js';
+import { AMQP_URL, NATS_URL, POSTGRES_URL, serviceAvailable } from './support/services.js';
 import { assertDeliveredOnce, checkSink, summarize } from './support/sink-checker.js';
 import { waitFor } from './support/wait-for.js';
 
@@ -32,94 +32,105 @@ const email = (tag: string) => (i: number) => ({
   text: `Email ${i}.`,
 });
 
-describe('scaled out: kill -9 of one process', { skip: !available }, () => {
-  test('kill -9 one of two workers in the middle of 1,000 emails: all sent, duplicates only among the jobs it held', async (t) => {
-    const EMAILS = 1000;
-    const KILL_AT = 300;
-    // Every email is scheduled this far ahead, so the sends start in one burst with every job queued
-    // (the workers then hold as many as they can). Only a worker is killed, so a kill landing while the
-    // API still accepts would not matter: the API is another process.
-    const SEND_DELAY_MS = 8000;
-    const { schema, sink, cluster } = await setUpScaledOut(t);
-    const api = await cluster.api();
-    const [victim, survivor] = await Promise.all([cluster.worker(), cluster.worker()]);
+const brokers = {
+  rabbitmq: available,
+  nats: (await serviceAvailable('PostgreSQL', POSTGRES_URL)) && (await serviceAvailable('NATS', NATS_URL)),
+} as const;
 
-    // kill -9 from inside the sink, as it accepts message KILL_AT (before its 250 is written), with
-    // other sends in flight in both workers.
-    let killed = false;
-    let victimSessions = new Set<number>();
-    sink.onMessage = () => {
-      if (killed || sink.messages().length < KILL_AT) return;
-      killed = true;
-      victimSessions = connectionsOf(victim.process.child.pid!, Number(new URL(POSTGRES_URL).port));
-      victim.process.child.kill('SIGKILL');
-    };
+for (const broker of ['rabbitmq', 'nats'] as const) {
+  describe(`scaled out on ${broker}: kill -9 of a worker`, { skip: !brokers[broker] }, () => {
+    test(`${broker}: kill -9 one of two workers in the middle of 1,000 emails: all sent, duplicates only among the jobs it held`, async (t) => {
+      const EMAILS = 1000;
+      const KILL_AT = 300;
+      // Every email is scheduled this far ahead, so the sends start in one burst with every job queued
+      // (the workers then hold as many as they can). Only a worker is killed, so a kill landing while the
+      // API still accepts would not matter: the API is another process.
+      const SEND_DELAY_MS = 8000;
+      const { schema, sink, cluster } = await setUpScaledOut(t, {}, broker);
+      const api = await cluster.api();
+      const [victim, survivor] = await Promise.all([cluster.worker(), cluster.worker()]);
 
-    const acceptStarted = Date.now();
-    const sendAt = new Date(acceptStarted + SEND_DELAY_MS).toISOString();
-    const results = await postEmails(api.apiUrl, {
-      count: EMAILS,
-      clients: 16,
-      email: (i) => ({ ...email('kill-worker')(i), send_at: sendAt }),
+      // kill -9 from inside the sink, as it accepts message KILL_AT (before its 250 is written), with
+      // other sends in flight in both workers.
+      let killed = false;
+      let victimSessions = new Set<number>();
+      sink.onMessage = () => {
+        if (killed || sink.messages().length < KILL_AT) return;
+        killed = true;
+        victimSessions = connectionsOf(victim.process.child.pid!, Number(new URL(POSTGRES_URL).port));
+        victim.process.child.kill('SIGKILL');
+      };
+
+      const acceptStarted = Date.now();
+      const sendAt = new Date(acceptStarted + SEND_DELAY_MS).toISOString();
+      const results = await postEmails(api.apiUrl, {
+        count: EMAILS,
+        clients: 16,
+        email: (i) => ({ ...email('kill-worker')(i), send_at: sendAt }),
+      });
+      const notAccepted = results.filter((result) => result.status !== 202);
+      assert.deepEqual(notAccepted, [], 'every POST answered 202');
+      t.diagnostic(
+        `accepted ${EMAILS} in ${Date.now() - acceptStarted} ms (sends start after ${SEND_DELAY_MS} ms)`,
+      );
+
+      await waitFor(`the sink to reach ${KILL_AT}`, () => killed, SEND_DELAY_MS + 30_000, 50);
+      const sendStarted = Date.now();
+      assert.deepEqual(await victim.process.exited, { code: null, signal: 'SIGKILL' });
+      // What the dead worker held: jobs `processing` under its lease. Only these may arrive twice.
+      // Read once the server has closed its sessions, so no commit of its is still landing.
+      await waitFor(
+        "the server to close the killed worker's sessions",
+        async () => (await sessionsFrom(victimSessions)) === 0,
+        10_000,
+        20,
+      );
+      if (process.platform === 'linux') assert.ok(victimSessions.size > 0, 'found its PostgreSQL sessions');
+      const held = await leasedBy(schema, victim.id);
+      const window = new Set(held.map((job) => job.message_id));
+      t.diagnostic(
+        `killed ${victim.id} at sink=${KILL_AT} (sink now ${sink.messages().length}); it held ${held.length} jobs ` +
+          `(${victimSessions.size} PostgreSQL sessions closed)`,
+      );
+
+      await waitAllSent(schema, EMAILS, 60_000);
+      t.diagnostic(`all sent ${Date.now() - sendStarted} ms after the kill`);
+
+      const { jobs, events } = await readPostgres(schema);
+      assert.deepEqual(countByStatus(jobs), { sent: EMAILS });
+      const ids = results.map((result) => result.id!);
+      assert.deepEqual(jobs.map((job) => job.id).sort(), [...ids].sort(), 'exactly the accepted jobs');
+
+      // The held jobs came back through their lease, and nothing else did: the survivor never lost one.
+      const expired = leaseExpiries(events);
+      const lostBy = new Set([...expired.values()].flat());
+      assert.deepEqual(
+        [...lostBy],
+        expired.size === 0 ? [] : [victim.id],
+        'only the killed worker lost leases',
+      );
+      assert.deepEqual(
+        [...expired.keys()].sort(),
+        held.map((job) => job.id).sort(),
+        'claimed again after the lease: exactly the jobs the killed worker held',
+      );
+      assert.ok(held.length > 0, 'the kill landed while the worker held jobs');
+
+      const report = checkSink(
+        sink,
+        jobs.map((job) => job.message_id),
+        { window },
+      );
+      t.diagnostic(summarize(report));
+      assertDeliveredOnce(report, `survivor ${survivor.id}`);
+      t.diagnostic(
+        `duplicates: ${report.duplicates.length} of ${held.length} jobs held by the killed worker`,
+      );
     });
-    const notAccepted = results.filter((result) => result.status !== 202);
-    assert.deepEqual(notAccepted, [], 'every POST answered 202');
-    t.diagnostic(
-      `accepted ${EMAILS} in ${Date.now() - acceptStarted} ms (sends start after ${SEND_DELAY_MS} ms)`,
-    );
-
-    await waitFor(`the sink to reach ${KILL_AT}`, () => killed, SEND_DELAY_MS + 30_000, 50);
-    const sendStarted = Date.now();
-    assert.deepEqual(await victim.process.exited, { code: null, signal: 'SIGKILL' });
-    // What the dead worker held: jobs `processing` under its lease. Only these may arrive twice.
-    // Read once the server has closed its sessions, so no commit of its is still landing.
-    await waitFor(
-      "the server to close the killed worker's sessions",
-      async () => (await sessionsFrom(victimSessions)) === 0,
-      10_000,
-      20,
-    );
-    if (process.platform === 'linux') assert.ok(victimSessions.size > 0, 'found its PostgreSQL sessions');
-    const held = await leasedBy(schema, victim.id);
-    const window = new Set(held.map((job) => job.message_id));
-    t.diagnostic(
-      `killed ${victim.id} at sink=${KILL_AT} (sink now ${sink.messages().length}); it held ${held.length} jobs ` +
-        `(${victimSessions.size} PostgreSQL sessions closed)`,
-    );
-
-    await waitAllSent(schema, EMAILS, 60_000);
-    t.diagnostic(`all sent ${Date.now() - sendStarted} ms after the kill`);
-
-    const { jobs, events } = await readPostgres(schema);
-    assert.deepEqual(countByStatus(jobs), { sent: EMAILS });
-    const ids = results.map((result) => result.id!);
-    assert.deepEqual(jobs.map((job) => job.id).sort(), [...ids].sort(), 'exactly the accepted jobs');
-
-    // The held jobs came back through their lease, and nothing else did: the survivor never lost one.
-    const expired = leaseExpiries(events);
-    const lostBy = new Set([...expired.values()].flat());
-    assert.deepEqual(
-      [...lostBy],
-      expired.size === 0 ? [] : [victim.id],
-      'only the killed worker lost leases',
-    );
-    assert.deepEqual(
-      [...expired.keys()].sort(),
-      held.map((job) => job.id).sort(),
-      'claimed again after the lease: exactly the jobs the killed worker held',
-    );
-    assert.ok(held.length > 0, 'the kill landed while the worker held jobs');
-
-    const report = checkSink(
-      sink,
-      jobs.map((job) => job.message_id),
-      { window },
-    );
-    t.diagnostic(summarize(report));
-    assertDeliveredOnce(report, `survivor ${survivor.id}`);
-    t.diagnostic(`duplicates: ${report.duplicates.length} of ${held.length} jobs held by the killed worker`);
   });
+}
 
+describe('scaled out: kill -9 of one process', { skip: !available }, () => {
   test('kill -9 the API right after its 50th 202: every accepted email is delivered exactly once', async (t) => {
     const KILL_AFTER = 50;
     const { schema, sink, cluster } = await setUpScaledOut(t);

@@ -10,7 +10,7 @@ import type { TestContext } from 'node:test';
 import { type MailroomProcess, startMailroomProcess } from './mailroom-process.js';
 import { outboxCount, statusCounts } from './read-postgres.js';
 import { SmtpSink } from './smtp-sink.js';
-import { provisionShape } from './test-shape.js';
+import { provisionShape, type TestShape } from './test-shape.js';
 import { waitFor } from './wait-for.js';
 
 /** Short leases and retries, so that what a fault leaves behind comes back within a test's time. */
@@ -73,15 +73,16 @@ export interface ScaledOutSetup {
 }
 
 /**
- * A fresh schema and set of queues (provisionShape('rabbitmq')), a started SMTP sink, and a cluster
+ * A fresh schema and set of queues or streams (provisionShape(broker), RabbitMQ by default), a started SMTP sink, and a cluster
  * sending to it; `extra` overrides variables (e.g. a URL through a TcpProxy). Everything is torn down
  * after the test, failed or not: every child killed, the sink closed, the schema and queues deleted.
  */
 export async function setUpScaledOut(
   t: TestContext,
   extra: Record<string, string> = {},
+  broker: Exclude<TestShape, 'embedded'> = 'rabbitmq',
 ): Promise<ScaledOutSetup> {
-  const shape = provisionShape('rabbitmq');
+  const shape = provisionShape(broker);
   const sink = new SmtpSink();
   await sink.start();
   const cluster = new ScaledOutCluster({
