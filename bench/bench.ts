@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- --shape embedded|rabbitmq|all]`: Mailroom end to end against an SMTP
+ * `npm run bench [-- --quick] [-- --shape embedded|rabbitmq|nats|all]`: Mailroom end to end against an SMTP
  * sink in its own process, from the built CLI.
  *
  * (a) The transport ceiling: nodemailer's pool straight to the sink, no Mailroom (once per run).
@@ -16,7 +16,7 @@ import { Janitor } from './janitor.js';
 import { measureShape, type Plan, type ShapeResult } from './procedure.js';
 import { SHAPES, type ShapeName, startShape } from './shapes.js';
 
-const USAGE = 'usage: npm run bench -- [--quick] [--shape embedded|rabbitmq|all]';
+const USAGE = 'usage: npm run bench -- [--quick] [--shape embedded|rabbitmq|nats|all]';
 const POOL = 4;
 
 function plan(shape: ShapeName, quick: boolean): Plan {

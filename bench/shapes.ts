@@ -2,14 +2,17 @@
  * Starting each shape's Mailroom processes for the benchmark, and undoing it afterwards.
  *
  * - embedded: one `mailroom start` (SQLite in a temporary directory, the embedded broker).
- * - rabbitmq: `mailroom migrate` once, then one `mailroom api` and two `mailroom worker`s sharing a
- *   PostgreSQL schema and a set of RabbitMQ queues made for this run (`mailroom_bench_<random>`),
- *   both deleted when the shape stops, and by the Janitor however the run ends.
+ * - rabbitmq, nats: `mailroom migrate` once, then one `mailroom api` and two `mailroom worker`s
+ *   sharing a PostgreSQL schema and a set of RabbitMQ queues or JetStream streams made for this run
+ *   (`mailroom_bench_<random>`), deleted when the shape stops, and by the Janitor however the run
+ *   ends.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect as connectNats } from '@nats-io/transport-node';
 import { connect } from 'amqplib';
 import pg from 'pg';
 import { DEFAULT_DELAY_TIERS_MS } from '../src/broker/rabbitmq/delay-tiers.js';
@@ -27,11 +30,12 @@ import {
   within,
 } from './processes.js';
 
-export const SHAPES = ['embedded', 'rabbitmq'] as const;
+export const SHAPES = ['embedded', 'rabbitmq', 'nats'] as const;
 export type ShapeName = (typeof SHAPES)[number];
 
 export const POSTGRES_URL = process.env.BENCH_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 export const AMQP_URL = process.env.BENCH_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+export const NATS_URL = process.env.BENCH_NATS_URL ?? 'nats://127.0.0.1:4222';
 
 const START_TIMEOUT_MS = 30_000;
 const MIGRATE_TIMEOUT_MS = 60_000;
@@ -71,7 +75,7 @@ export interface RunningShape {
 }
 
 export function startShape(name: ShapeName, options: ShapeOptions): Promise<RunningShape> {
-  return name === 'embedded' ? startEmbedded(options) : startRabbitmq(options);
+  return name === 'embedded' ? startEmbedded(options) : startScaledOut(options, name);
 }
 
 /** Settings every process gets, whatever the environment says: loopback, no keys, JSON logs. */
@@ -123,29 +127,64 @@ async function startEmbedded(options: ShapeOptions): Promise<RunningShape> {
   );
 }
 
-async function startRabbitmq(options: ShapeOptions): Promise<RunningShape> {
-  await checkServers();
+/** What differs between the scaled-out shapes: the broker's variables, its names, its cleanup. */
+interface BrokerSetup {
+  readonly env: Record<string, string>;
+  /** One line for the log. */
+  readonly describe: string;
+  readonly cpuGroup: CpuGroup;
+  cleanup(): Promise<string>;
+}
+
+function brokerSetup(broker: 'rabbitmq' | 'nats', suffix: string): BrokerSetup {
+  const name = `mailroom_bench_${suffix}`;
+  if (broker === 'nats') {
+    return {
+      env: {
+        MAILROOM_BROKER_URL: NATS_URL,
+        MAILROOM_NATS_STREAM: name,
+        MAILROOM_NATS_SUBJECT: `${name}.email`,
+        MAILROOM_NATS_CONSUMER: `mailroom-bench-${suffix}`,
+      },
+      describe: `NATS ${redact(NATS_URL)}, stream ${name} (subjects ${name}.email{.high,,.low}), dead letters in ${name}_failed`,
+      cpuGroup: { name: 'nats-server*', commands: ['nats-server'] },
+      cleanup: () => deleteStreams([name, `${name}_failed`]),
+    };
+  }
+  const deadLetterQueue = `${name}_failed`;
+  return {
+    env: {
+      MAILROOM_BROKER_URL: AMQP_URL,
+      MAILROOM_AMQP_QUEUE: name,
+      MAILROOM_AMQP_DEAD_LETTER_QUEUE: deadLetterQueue,
+    },
+    describe: `RabbitMQ ${redact(AMQP_URL)}, work queues ${name}{.high,,.low}, delay queues ${name}.delay.*, dead letters ${deadLetterQueue}`,
+    cpuGroup: { name: 'rabbitmq*', commands: ['beam.smp'] },
+    cleanup: () => deleteQueues(name, deadLetterQueue),
+  };
+}
+
+async function startScaledOut(options: ShapeOptions, broker: 'rabbitmq' | 'nats'): Promise<RunningShape> {
+  await checkServers(broker);
   const suffix = randomBytes(5).toString('hex');
   const schema = `mailroom_bench_${suffix}`;
-  const queue = `mailroom_bench_${suffix}`;
-  const deadLetterQueue = `${queue}_failed`;
+  const setup = brokerSetup(broker, suffix);
   // Registered before anything exists, so that even a failed start-up deletes what it made.
-  const deleteResources = options.janitor.add(`drop schema ${schema} and delete queues ${queue}*`, () =>
-    deleteRabbitmqResources(schema, queue, deadLetterQueue),
+  const deleteResources = options.janitor.add(
+    `drop schema ${schema} and delete the ${broker} resources`,
+    () => deleteResourcesOf(schema, setup),
   );
   const port = await freePort();
   const env = {
     ...baseEnv(options),
     MAILROOM_DATABASE_URL: POSTGRES_URL,
     MAILROOM_DATABASE_SCHEMA: schema,
-    MAILROOM_BROKER_URL: AMQP_URL,
-    MAILROOM_AMQP_QUEUE: queue,
-    MAILROOM_AMQP_DEAD_LETTER_QUEUE: deadLetterQueue,
+    ...setup.env,
   };
   log(
-    `rabbitmq shape: 1 × mailroom api (127.0.0.1:${port}) + ${WORKERS} × mailroom worker, sharing\n` +
+    `${broker} shape: 1 × mailroom api (127.0.0.1:${port}) + ${WORKERS} × mailroom worker, sharing\n` +
       `  PostgreSQL ${redact(POSTGRES_URL)}, schema ${schema}\n` +
-      `  RabbitMQ ${redact(AMQP_URL)}, work queues ${queue}{.high,,.low}, delay queues ${queue}.delay.*, dead letters ${deadLetterQueue}\n` +
+      `  ${setup.describe}\n` +
       `  settings per process: ${settings(env, ['MAILROOM_DATABASE_POOL', 'MAILROOM_PREFETCH', 'MAILROOM_CONCURRENCY', 'MAILROOM_SMTP_POOL', 'MAILROOM_LEASE_MS', 'MAILROOM_SHUTDOWN_TIMEOUT_MS'])}\n` +
       `  (concurrency, prefetch and the SMTP pool matter in the workers: ${WORKERS * options.pool} SMTP connections to the sink in all)`,
   );
@@ -178,7 +217,7 @@ async function startRabbitmq(options: ShapeOptions): Promise<RunningShape> {
         ).rows.map((row) => row.pid),
     },
     { name: 'postgres-other*', commands: ['postgres'] },
-    { name: 'rabbitmq*', commands: ['beam.smp'] },
+    setup.cpuGroup,
   ];
   // PostgreSQL's statistics reach these views late (see procedure.ts): read them after a pause.
   const counters = async (): Promise<Record<string, number>> => {
@@ -201,7 +240,7 @@ async function startRabbitmq(options: ShapeOptions): Promise<RunningShape> {
     }
     return result;
   };
-  return running('rabbitmq', port, processes, cpuGroups, counters, async () => {
+  return running(broker, port, processes, cpuGroups, counters, async () => {
     await closeBackends();
     await stopProcesses();
     await deleteResources();
@@ -258,8 +297,8 @@ async function stopAll(processes: readonly MailroomChild[]): Promise<void> {
   await Promise.all(processes.map((child) => child.stop(STOP_GRACE_MS)));
 }
 
-/** Fails early, with the address, when PostgreSQL or RabbitMQ cannot be reached. */
-async function checkServers(): Promise<void> {
+/** Fails early, with the address, when PostgreSQL or the broker cannot be reached. */
+async function checkServers(broker: 'rabbitmq' | 'nats'): Promise<void> {
   const client = new pg.Client({ connectionString: POSTGRES_URL, connectionTimeoutMillis: 5_000 });
   try {
     await client.connect();
@@ -271,6 +310,17 @@ async function checkServers(): Promise<void> {
   } finally {
     await client.end().catch(() => undefined);
   }
+  if (broker === 'nats') {
+    try {
+      const connection = await within(connectNats({ servers: NATS_URL }), 5_000, 'no answer within 5 s');
+      await connection.close();
+    } catch (error) {
+      throw new Error(
+        `NATS at ${redact(NATS_URL)} (BENCH_NATS_URL) is unreachable: ${(error as Error).message}`,
+      );
+    }
+    return;
+  }
   try {
     const connection = await within(connect(AMQP_URL), 5_000, 'no answer within 5 s');
     await connection.close();
@@ -281,49 +331,56 @@ async function checkServers(): Promise<void> {
   }
 }
 
-/** Drops the schema and deletes every queue and exchange of the topology; each is a no-op if absent. */
-async function deleteRabbitmqResources(
-  schema: string,
-  queue: string,
-  deadLetterQueue: string,
-): Promise<void> {
+/** Drops the schema and deletes the broker's queues or streams; each is a no-op if absent. */
+async function deleteResourcesOf(schema: string, setup: BrokerSetup): Promise<void> {
+  const [dropped, deleted] = await Promise.allSettled([dropSchema(schema), setup.cleanup()]);
+  const failures = [
+    ...(dropped.status === 'rejected' ? [`schema ${schema}: ${(dropped.reason as Error).message}`] : []),
+    ...(deleted.status === 'rejected' ? [`broker: ${(deleted.reason as Error).message}`] : []),
+  ];
+  if (failures.length > 0) throw new Error(`left behind, delete by hand: ${failures.join('; ')}`);
+  log(`  dropped schema ${schema}; ${deleted.status === 'fulfilled' ? deleted.value : ''}`);
+}
+
+async function dropSchema(schema: string): Promise<void> {
+  const client = new pg.Client({ connectionString: POSTGRES_URL, connectionTimeoutMillis: 10_000 });
+  await client.connect();
+  try {
+    // Every process is stopped by now; a lock left by one would otherwise hang the cleanup.
+    await client.query("SET lock_timeout = '10s'");
+    await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  } finally {
+    await client.end();
+  }
+}
+
+async function deleteQueues(queue: string, deadLetterQueue: string): Promise<string> {
   const topology = describeTopology({
     queue,
     deadLetterQueue,
     deliveryLimit: 20,
     delayTiersMs: DEFAULT_DELAY_TIERS_MS,
   });
-  const [dropped, deleted] = await Promise.allSettled([
-    (async () => {
-      const client = new pg.Client({ connectionString: POSTGRES_URL, connectionTimeoutMillis: 10_000 });
-      await client.connect();
-      try {
-        // Every process is stopped by now; a lock left by one would otherwise hang the cleanup.
-        await client.query("SET lock_timeout = '10s'");
-        await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-      } finally {
-        await client.end();
-      }
-    })(),
-    (async () => {
-      const connection = await connect(AMQP_URL);
-      try {
-        const channel = await connection.createChannel();
-        for (const { name } of topology.queues) await channel.deleteQueue(name);
-        for (const exchange of topology.exchanges) await channel.deleteExchange(exchange);
-      } finally {
-        await connection.close();
-      }
-    })(),
-  ]);
-  const failures = [
-    ...(dropped.status === 'rejected' ? [`schema ${schema}: ${(dropped.reason as Error).message}`] : []),
-    ...(deleted.status === 'rejected' ? [`queues ${queue}*: ${(deleted.reason as Error).message}`] : []),
-  ];
-  if (failures.length > 0) throw new Error(`left behind, delete by hand: ${failures.join('; ')}`);
-  log(
-    `  dropped schema ${schema}; deleted ${topology.queues.length} queues and ${topology.exchanges.length} exchanges`,
-  );
+  const connection = await connect(AMQP_URL);
+  try {
+    const channel = await connection.createChannel();
+    for (const { name } of topology.queues) await channel.deleteQueue(name);
+    for (const exchange of topology.exchanges) await channel.deleteExchange(exchange);
+  } finally {
+    await connection.close();
+  }
+  return `deleted ${topology.queues.length} queues and ${topology.exchanges.length} exchanges`;
+}
+
+async function deleteStreams(streams: readonly string[]): Promise<string> {
+  const connection = await connectNats({ servers: NATS_URL });
+  try {
+    const manager = await jetstreamManager(connection);
+    for (const stream of streams) await manager.streams.delete(stream).catch(() => false);
+  } finally {
+    await connection.close();
+  }
+  return `deleted streams ${streams.join(', ')}`;
 }
 
 /** `NAME=value` for each variable: the value the processes get, from `env`, this environment or the default. */
