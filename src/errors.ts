@@ -47,6 +47,16 @@ export const ERROR_CODES = {
     description: 'The relay answered 4xx, or the connection failed or timed out: retried.',
   },
   SMTP_PERMANENT: { status: 0, description: 'The relay answered 5xx: the job fails at once.' },
+  SES_TRANSIENT: {
+    status: 0,
+    description:
+      'Amazon SES throttled, answered 5xx, paused sending, could not be reached or timed out: retried.',
+  },
+  SES_PERMANENT: {
+    status: 0,
+    description:
+      'Amazon SES refused the message or its parameters, or the sender, configuration set or account needs an operator: the job fails at once.',
+  },
   MESSAGE_BUILD_FAILED: {
     status: 0,
     description: 'The job could not be built into a MIME message: dead-lettered.',
