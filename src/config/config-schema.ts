@@ -50,6 +50,16 @@ function urlWithScheme(...schemes: string[]) {
   };
 }
 
+/** An http(s) URL with a host: what an HTTP client can be pointed at. */
+function httpUrl(raw: string): string | undefined {
+  try {
+    const url = new URL(raw.trim());
+    return ['http:', 'https:'].includes(url.protocol) && url.hostname !== '' ? raw.trim() : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function databaseUrl(raw: string): string | undefined {
   const value = raw.trim();
   if (/^sqlite:.+/.test(value)) return value;
@@ -208,6 +218,44 @@ export const CONFIG_SCHEMA = {
       'How long one SMTP step may wait for the relay (connect, greeting, each reply) before it counts as a transient failure.',
     parse: integer(100, 600_000),
   },
+  transport: {
+    env: 'MAILROOM_TRANSPORT',
+    default: 'smtp',
+    expected: '`smtp` or `ses`',
+    description:
+      'How emails leave: `smtp` through MAILROOM_SMTP_URL (or the dev inbox), `ses` through the Amazon SES v2 API in AWS_REGION.',
+    parse: oneOf('smtp', 'ses'),
+  },
+  awsRegion: {
+    env: 'AWS_REGION',
+    expected: 'an AWS region name: lower-case letters, digits and -, e.g. eu-west-1',
+    description:
+      'SES only, and then required: the region of the SES account. Credentials are not configured here: the AWS SDK takes them from its default chain.',
+    // The SDK's own rule (a host name label); stricter would refuse platforms' values Mailroom
+    // does not even use with SMTP, since this variable is often inherited (ECS, Lambda set it).
+    parse: (raw: string) => (/^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(raw.trim()) ? raw.trim() : undefined),
+  },
+  sesEndpoint: {
+    env: 'MAILROOM_SES_ENDPOINT',
+    expected: 'an http:// or https:// URL',
+    description:
+      'SES only: another endpoint for the SES v2 API (a VPC endpoint, a local stand-in). Default: the region’s own.',
+    parse: httpUrl,
+  },
+  sesConfigurationSet: {
+    env: 'MAILROOM_SES_CONFIGURATION_SET',
+    expected: 'a configuration set name: letters, digits, _ and -, at most 64 characters',
+    description: 'SES only: the configuration set named on every send (event publishing, dedicated IPs).',
+    parse: (raw: string) => (/^[A-Za-z0-9_-]{1,64}$/.test(raw.trim()) ? raw.trim() : undefined),
+  },
+  sesTimeoutMs: {
+    env: 'MAILROOM_SES_TIMEOUT_MS',
+    default: '20000',
+    expected: 'an integer from 100 to 600000',
+    description:
+      'SES only: how long one send may take, the AWS SDK’s one quick retry included, before it counts as a transient failure.',
+    parse: integer(100, 600_000),
+  },
   inboxSmtpPort: {
     env: 'MAILROOM_INBOX_SMTP_PORT',
     default: '1025',
@@ -261,7 +309,8 @@ export const CONFIG_SCHEMA = {
   leaseMs: {
     env: 'MAILROOM_LEASE_MS',
     default: '60000',
-    expected: 'an integer from 1000 to 3600000, larger than MAILROOM_SMTP_TIMEOUT_MS',
+    expected:
+      'an integer from 1000 to 3600000, larger than MAILROOM_SMTP_TIMEOUT_MS (MAILROOM_SES_TIMEOUT_MS with SES)',
     description: 'How long a worker owns a claimed job; a crashed worker’s jobs are claimed again after it.',
     parse: integer(1000, 3_600_000),
   },

@@ -32,10 +32,17 @@ export function loadConfig(env: Environment = process.env): Config {
 
 function crossChecks(config: Config): string[] {
   const problems: string[] = [];
-  if (config.leaseMs <= config.smtpTimeoutMs) {
+  const [timeoutVariable, timeoutMs] =
+    config.transport === 'ses'
+      ? ['MAILROOM_SES_TIMEOUT_MS', config.sesTimeoutMs]
+      : ['MAILROOM_SMTP_TIMEOUT_MS', config.smtpTimeoutMs];
+  if (config.leaseMs <= timeoutMs) {
     problems.push(
-      `MAILROOM_LEASE_MS=${config.leaseMs}: expected more than MAILROOM_SMTP_TIMEOUT_MS (${config.smtpTimeoutMs}), or a slow send would lose its lease`,
+      `MAILROOM_LEASE_MS=${config.leaseMs}: expected more than ${timeoutVariable} (${timeoutMs}), or a slow send would lose its lease`,
     );
+  }
+  if (config.transport === 'ses' && config.awsRegion === undefined) {
+    problems.push('MAILROOM_TRANSPORT=ses: expected AWS_REGION too, the region of the SES account');
   }
   if (config.retryMaxMs < config.retryBaseMs) {
     problems.push(
