@@ -12,6 +12,7 @@ import { MailroomError } from './errors.js';
 import { DevInbox } from './inbox/dev-inbox.js';
 import { createBroker, createStore } from './select-adapters.js';
 import type { Store } from './store/store.js';
+import { SesTransport } from './transport/ses/ses-transport.js';
 import { SmtpTransport } from './transport/smtp/smtp-transport.js';
 import type { Transport } from './transport/transport.js';
 import { WireCodec } from './wire/wire-codec.js';
@@ -70,9 +71,9 @@ export async function buildApp(
       : undefined;
   /** Committed jobs are waiting: publish them, or wake the embedded consumer. */
   const workAdded = () => (dispatcher ? dispatcher.notify() : broker.notify());
-  // The dev inbox runs where the sends are: with the worker, when no relay is configured.
+  // The dev inbox runs where the sends are: with the worker, when SMTP has no relay configured.
   const inbox =
-    config.smtpUrl === undefined && roles.worker
+    config.transport === 'smtp' && config.smtpUrl === undefined && roles.worker
       ? new DevInbox({
           host: '127.0.0.1',
           smtpPort: config.inboxSmtpPort,
@@ -127,11 +128,21 @@ export async function buildApp(
       urls.inboxSmtp = `smtp://127.0.0.1:${inbox.port}`;
     }
     if (roles.worker) {
-      transport = new SmtpTransport({
-        url: config.smtpUrl ?? urls.inboxSmtp!,
-        pool: config.smtpPool,
-        timeoutMs: config.smtpTimeoutMs,
-      });
+      transport =
+        config.transport === 'ses'
+          ? new SesTransport({
+              region: config.awsRegion!,
+              endpoint: config.sesEndpoint,
+              configurationSet: config.sesConfigurationSet,
+              timeoutMs: config.sesTimeoutMs,
+              // One connection per send in flight: sends never queue for a socket.
+              maxSockets: config.concurrency,
+            })
+          : new SmtpTransport({
+              url: config.smtpUrl ?? urls.inboxSmtp!,
+              pool: config.smtpPool,
+              timeoutMs: config.smtpTimeoutMs,
+            });
     }
     await broker.start();
     dispatcher?.start();
