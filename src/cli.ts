@@ -13,7 +13,7 @@ import { createStore } from './select-adapters.js';
 const USAGE = `Usage: mailroom <command> [options]
 
 Commands:
-  start                         API, worker and (without MAILROOM_SMTP_URL) the dev inbox, in one process
+  start                         API, worker and (SMTP without MAILROOM_SMTP_URL) the dev inbox, in one process
   api                           the HTTP API alone (scaled out: needs MAILROOM_DATABASE_URL=postgres://…)
   worker                        a worker alone (scaled out: needs MAILROOM_DATABASE_URL=postgres://…)
   migrate                       create or update the store's tables, then exit
