@@ -29,6 +29,18 @@ export interface JobMessage {
  */
 export type BrokerDeadLetterReason = DeadLetterReason | 'undecodable' | 'delivery_limit';
 
+/**
+ * Raised by a network broker's `publish` when there is no connection to publish on (or publishing is
+ * blocked): nothing is buffered in memory; the caller's outbox keeps the message.
+ */
+export class BrokerUnavailableError extends Error {
+  readonly code = 'BROKER_UNAVAILABLE';
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = 'BrokerUnavailableError';
+  }
+}
+
 /** A message body on the wire, with the content type that says how to read it. */
 export interface EncodedMessage {
   readonly body: Uint8Array;

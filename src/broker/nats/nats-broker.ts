@@ -16,13 +16,14 @@ import {
 import type { Logger } from 'pino';
 import type { Priority } from '../../domain/email.js';
 import type { ComponentHealth } from '../../transport/transport.js';
-import type {
-  Broker,
-  ConsumeOptions,
-  Consumer,
-  DeliveryHandler,
-  JobMessage,
-  MessageCodec,
+import {
+  type Broker,
+  BrokerUnavailableError,
+  type ConsumeOptions,
+  type Consumer,
+  type DeliveryHandler,
+  type JobMessage,
+  type MessageCodec,
 } from '../broker.js';
 import { publishHeaders } from './message-headers.js';
 import { NatsConsumer } from './nats-consumer.js';
@@ -75,15 +76,6 @@ export interface NatsBrokerOptions {
   readonly reconnect?: { readonly waitMs: number; readonly jitterMs: number };
   /** Connection attempts `start()` makes before it gives up. Default 5. */
   readonly startAttempts?: number;
-}
-
-/** Raised by `publish` when there is no connection to publish on; the caller's outbox keeps the message. */
-export class BrokerUnavailableError extends Error {
-  readonly code = 'BROKER_UNAVAILABLE';
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = 'BrokerUnavailableError';
-  }
 }
 
 const DEFAULTS = {

@@ -3,13 +3,14 @@ import { type ChannelModel, connect, type Options, type RecoveringChannelModel }
 import type { Logger } from 'pino';
 import { retryDelayMs } from '../../domain/backoff.js';
 import type { ComponentHealth } from '../../transport/transport.js';
-import type {
-  Broker,
-  ConsumeOptions,
-  Consumer,
-  DeliveryHandler,
-  JobMessage,
-  MessageCodec,
+import {
+  type Broker,
+  BrokerUnavailableError,
+  type ConsumeOptions,
+  type Consumer,
+  type DeliveryHandler,
+  type JobMessage,
+  type MessageCodec,
 } from '../broker.js';
 import { ConfirmPublisher } from './confirm-publisher.js';
 import { DEFAULT_DELAY_TIERS_MS } from './delay-tiers.js';
@@ -39,15 +40,6 @@ export interface RabbitMqBrokerOptions {
   readonly reconnect?: { readonly minMs: number; readonly maxMs: number };
   /** Connection attempts `start()` makes before it gives up. Default 5. */
   readonly startAttempts?: number;
-}
-
-/** Raised by `publish` when there is no connection to publish on; the caller's outbox keeps the message. */
-export class BrokerUnavailableError extends Error {
-  readonly code = 'BROKER_UNAVAILABLE';
-  constructor(message: string) {
-    super(message);
-    this.name = 'BrokerUnavailableError';
-  }
 }
 
 /** After `close()` stopped the consumers, how long it waits for publishes still waiting for a confirm. */
