@@ -1,12 +1,11 @@
 import type { Logger } from 'pino';
 import { v7 as uuidv7 } from 'uuid';
 import type { JobStatus, NewJob } from '../domain/email.js';
+import { newJobFrom } from '../domain/new-job.js';
 import type { ValidatedEmail } from '../domain/validate-email.js';
 import { MailroomError } from '../errors.js';
-import { messageIdFor } from '../mime/message-id.js';
 import { CommitUnknownError, type CreateJobResult, type Store } from '../store/store.js';
 import { Batcher } from '../util/batcher.js';
-import { hashRequest } from '../util/hash-request.js';
 
 export interface IntakeOptions {
   readonly maxBacklog: number;
@@ -106,27 +105,18 @@ export class EmailIntake {
   }
 
   private newJob(request: AcceptRequest): NewJob {
-    const { email } = request;
-    const id = uuidv7();
-    const now = Date.now();
-    return {
-      id,
-      content: email.content,
-      tags: email.tags,
-      metadata: email.metadata,
-      priority: email.priority,
-      ...(email.sendAt !== undefined && { sendAt: email.sendAt }),
-      messageId: messageIdFor(id, email.content.from.address),
-      createdAt: now,
+    return newJobFrom(request.email, {
+      id: uuidv7(),
+      now: Date.now(),
       ...(request.idempotencyKey !== undefined && {
         idempotency: {
           scope: request.scope,
           key: request.idempotencyKey,
-          requestHash: hashRequest(request.canonicalBody),
-          notBefore: now - this.options.idempotencyTtlMs,
+          request: request.canonicalBody,
+          ttlMs: this.options.idempotencyTtlMs,
         },
       }),
-    };
+    });
   }
 
   private async refreshBacklog(): Promise<void> {

@@ -2,19 +2,19 @@
  * The wire contract's codec (proto/email.proto, docs/wire-contract.md): what Mailroom publishes to a
  * network broker, and what it accepts from anyone who publishes there.
  */
+
 import { create, isFieldSet, toBinary } from '@bufbuild/protobuf';
 import type { Timestamp } from '@bufbuild/protobuf/wkt';
 import { v7 as uuidv7 } from 'uuid';
 import type { DecodeResult, EncodedMessage, JobMessage, MessageCodec } from '../broker/broker.js';
-import type { NewJob, Priority } from '../domain/email.js';
+import type { Priority } from '../domain/email.js';
+import { newJobFrom } from '../domain/new-job.js';
 import {
   isValidIdempotencyKey,
   type ValidationContext,
   validateSendEmail,
 } from '../domain/validate-email.js';
 import type { FieldProblem } from '../errors.js';
-import { messageIdFor } from '../mime/message-id.js';
-import { hashRequest } from '../util/hash-request.js';
 import { type EmailJob, EmailJobSchema, Priority as WirePriority } from './gen/email_pb.js';
 import { CONTENT_TYPES, formatOf, messageOf, type ParseResult, parseBody, sniff } from './parse-body.js';
 
@@ -166,24 +166,18 @@ export class WireCodec implements MessageCodec {
 
     const email = validated.value;
     const id = job.id === '' ? uuidv7() : job.id;
-    const newJob: NewJob = {
+    const newJob = newJobFrom(email, {
       id,
-      content: email.content,
-      tags: email.tags,
-      metadata: email.metadata,
-      priority: email.priority,
-      ...(email.sendAt !== undefined && { sendAt: email.sendAt }),
-      messageId: messageIdFor(id, email.content.from.address),
-      createdAt: ctx.now,
+      now: ctx.now,
       ...(job.idempotencyKey !== '' && {
         idempotency: {
           scope: BROKER_IDEMPOTENCY_SCOPE,
           key: job.idempotencyKey,
-          requestHash: hashRequest(request),
-          notBefore: ctx.now - this.options.idempotencyTtlMs,
+          request,
+          ttlMs: this.options.idempotencyTtlMs,
         },
       }),
-    };
+    });
     return { ok: true, message: { jobId: id, priority: email.priority, headers, newJob } };
   }
 }
