@@ -1,13 +1,17 @@
 /**
- * `Store.claimJobs` for PostgreSQL: one transaction of three statements per batch.
+ * `Store.claimJobs` for PostgreSQL: one statement per batch, its own transaction.
  *
- * The requested rows are locked first (SELECT … FOR UPDATE, in id order so two workers' batches
- * cannot deadlock). A second worker claiming the same job waits for the first one's commit, then
+ * The requested rows are locked first (FOR UPDATE, in id order so two workers' batches cannot
+ * deadlock), then the claimable ones are updated and their `processing` events inserted, in the
+ * same statement. A second worker claiming the same job waits for the first one's commit, then
  * reads the job `processing` under a live lease and answers `busy`: one delivery, one attempt.
+ *
+ * A batch that asks for one job twice goes the long way (lock, decide in JavaScript, write: a
+ * transaction of three statements), so the second request sees the first one's claim.
  */
 import { randomBytes } from 'node:crypto';
 import type { ClaimRequest, ClaimResult } from '../store.js';
-import type { Sql } from './database.js';
+import type { Database, Sql } from './database.js';
 import { FINISHED, type JobRow, toJob, toJson } from './rows.js';
 
 interface Claim {
@@ -19,12 +23,109 @@ interface Claim {
   readonly detail: Record<string, unknown>;
 }
 
+/**
+ * The jobs as they were, locked, with `claimed` true for those this statement claimed. A job is
+ * claimable when it is not finished and its `run_at` has come (`run_at` is NULL only once finished):
+ * the same rule as `decide` below. Its `processing` event says LEASE_EXPIRED when it was processing
+ * (the detail is chosen here, written by JavaScript: json keeps its text as given).
+ */
+const CLAIM = `WITH request AS (
+       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::json[], $6::json[])
+         AS r(id, lease_token, lease_owner, run_at, detail, expired_detail)
+     ),
+     locked AS MATERIALIZED (
+       SELECT * FROM jobs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+     ),
+     claimable AS MATERIALIZED (
+       SELECT l.id, l.status, l.attempts + 1 AS attempt, r.lease_token, r.lease_owner, r.run_at,
+         CASE WHEN l.status = 'processing' THEN r.expired_detail ELSE r.detail END AS detail
+       FROM locked l JOIN request r USING (id)
+       WHERE l.status NOT IN ('sent', 'failed', 'cancelled') AND (l.run_at IS NULL OR l.run_at <= $7)
+     ),
+     updated AS (
+       UPDATE jobs j SET status = 'processing', attempts = c.attempt, lease_token = c.lease_token,
+         lease_owner = c.lease_owner, run_at = c.run_at, updated_at = $7
+       FROM claimable c WHERE j.id = c.id
+     ),
+     events AS (
+       INSERT INTO job_events (job_id, type, at, attempt, detail)
+       SELECT id, 'processing', $7, attempt, detail FROM claimable
+     )
+     SELECT l.*, c.id IS NOT NULL AS claimed FROM locked l LEFT JOIN claimable c ON c.id = l.id`;
+
 export async function claimJobs(
-  sql: Sql,
+  db: Database,
   requests: readonly ClaimRequest[],
   now: number,
 ): Promise<ClaimResult[]> {
   if (requests.length === 0) return [];
+  const ids = requests.map((request) => request.jobId);
+  if (new Set(ids).size < ids.length) {
+    return db.transaction((sql) => claimInTransaction(sql, requests, now));
+  }
+  const tokens = leaseTokens(requests.length);
+  const { rows } = await db.write<JobRow & { claimed: boolean }>(CLAIM, [
+    ids,
+    tokens,
+    requests.map((request) => request.workerId),
+    requests.map((request) => now + request.leaseMs),
+    requests.map((request) => toJson(claimDetail(request.workerId, false))),
+    requests.map((request) => toJson(claimDetail(request.workerId, true))),
+    now,
+  ]);
+  const locked = new Map(rows.map((row) => [row.id, row]));
+  return requests.map((request, index) => {
+    const row = locked.get(request.jobId);
+    const result = decide(request, row, tokens[index]!, now);
+    // The statement and `decide` apply the same rule; a difference would be a bug in one of them.
+    if ((result.kind === 'claimed') !== (row?.claimed ?? false)) {
+      throw new Error(`claimJobs: the claim statement and decide() disagree about job ${request.jobId}`);
+    }
+    return result;
+  });
+}
+
+/** What a request gets, given its job's row as it stands (locked): the job as claimed, or why not. */
+function decide(
+  request: ClaimRequest,
+  row: JobRow | undefined,
+  leaseToken: string,
+  now: number,
+): ClaimResult {
+  if (!row) return { kind: 'not_found' };
+  if (FINISHED.has(row.status)) return { kind: 'finished', status: row.status };
+  if (row.run_at !== null && row.run_at > now)
+    return { kind: 'busy', status: row.status, retryAt: row.run_at };
+  const claimed: JobRow = {
+    ...row,
+    status: 'processing',
+    attempts: row.attempts + 1,
+    run_at: now + request.leaseMs,
+    lease_token: leaseToken,
+    updated_at: now,
+  };
+  return { kind: 'claimed', job: toJob(claimed), leaseToken };
+}
+
+function claimDetail(worker: string, leaseExpired: boolean): Record<string, unknown> {
+  return { worker, ...(leaseExpired && { code: 'LEASE_EXPIRED' }) };
+}
+
+/** Unguessable lease tokens, one per request: 12 random bytes each, drawn at once. */
+function leaseTokens(count: number): string[] {
+  const bytes = randomBytes(12 * count);
+  return Array.from({ length: count }, (_, i) => bytes.subarray(12 * i, 12 * i + 12).toString('base64url'));
+}
+
+/**
+ * The long way, for a batch that asks for a job more than once: lock, decide each request against
+ * the rows as the earlier requests left them, then write the claims. Three statements.
+ */
+async function claimInTransaction(
+  sql: Sql,
+  requests: readonly ClaimRequest[],
+  now: number,
+): Promise<ClaimResult[]> {
   const locked = await sql.query<JobRow>(
     'SELECT * FROM jobs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE',
     [[...new Set(requests.map((request) => request.jobId))]],
@@ -32,31 +133,28 @@ export async function claimJobs(
   // Rows as they stand after each request, so a job asked for twice in one batch is claimed once.
   const rows = new Map(locked.rows.map((row) => [row.id, row]));
   const claims: Claim[] = [];
-  const results = requests.map((request): ClaimResult => {
+  const tokens = leaseTokens(requests.length);
+  const results = requests.map((request, index): ClaimResult => {
     const row = rows.get(request.jobId);
-    if (!row) return { kind: 'not_found' };
-    if (FINISHED.has(row.status)) return { kind: 'finished', status: row.status };
-    if (row.run_at !== null && row.run_at > now)
-      return { kind: 'busy', status: row.status, retryAt: row.run_at };
-    const claim: Claim = {
+    const result = decide(request, row, tokens[index]!, now);
+    if (result.kind !== 'claimed' || !row) return result;
+    claims.push({
       id: row.id,
-      leaseToken: randomBytes(12).toString('base64url'),
+      leaseToken: result.leaseToken,
       worker: request.workerId,
       leaseUntil: now + request.leaseMs,
-      attempt: row.attempts + 1,
-      detail: { worker: request.workerId, ...(row.status === 'processing' && { code: 'LEASE_EXPIRED' }) },
-    };
-    claims.push(claim);
-    const claimed: JobRow = {
+      attempt: result.job.attempts,
+      detail: claimDetail(request.workerId, row.status === 'processing'),
+    });
+    rows.set(row.id, {
       ...row,
       status: 'processing',
-      attempts: claim.attempt,
-      run_at: claim.leaseUntil,
-      lease_token: claim.leaseToken,
+      attempts: result.job.attempts,
+      run_at: now + request.leaseMs,
+      lease_token: result.leaseToken,
       updated_at: now,
-    };
-    rows.set(row.id, claimed);
-    return { kind: 'claimed', job: toJob(claimed), leaseToken: claim.leaseToken };
+    });
+    return result;
   });
   if (claims.length > 0) await writeClaims(sql, claims, now);
   return results;

@@ -1,6 +1,7 @@
 /**
- * The PostgreSQL store's connection pool, and the two ways it runs SQL: one statement, or a
- * transaction. Nothing here knows about jobs.
+ * The PostgreSQL store's connection pool, and the ways it runs SQL: a statement that is safe to
+ * repeat, a statement that writes (its own transaction), or a transaction of several. Nothing here
+ * knows about jobs.
  */
 import pg from 'pg';
 
@@ -41,15 +42,16 @@ const TYPES: pg.CustomTypesConfig = {
 };
 
 /**
- * The connection was lost while a COMMIT was under way: PostgreSQL may or may not have committed.
- * Carries what the transaction's work returned, which holds if it did.
+ * The connection was lost while a COMMIT (or a statement that is its own transaction) was under
+ * way: PostgreSQL may or may not have committed. Carries what the transaction's work returned,
+ * which holds if it did (undefined for a lone statement: its answer never came).
  */
 export class CommitOutcomeUnknownError<T> extends Error {
   constructor(
     readonly result: T,
     override readonly cause: unknown,
   ) {
-    super(`the connection was lost during COMMIT: ${(cause as Error)?.message ?? cause}`);
+    super(`the connection was lost before the commit was confirmed: ${(cause as Error)?.message ?? cause}`);
     this.name = 'CommitOutcomeUnknownError';
   }
 }
@@ -102,7 +104,32 @@ export class Database {
         client.release();
         return result;
       },
+      isConnectionLost,
     );
+  }
+
+  /**
+   * Runs one statement that writes, as its own transaction: atomic, one round trip, no BEGIN or
+   * COMMIT. It is run again on another connection only when pg refused to send it (the connection
+   * was known dead); when the connection is lost after it was sent, PostgreSQL may have committed
+   * it, and this rejects with `CommitOutcomeUnknownError` (its `result` undefined) for the caller
+   * to find out.
+   */
+  async write<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
+    try {
+      return await this.withLiveConnection(
+        (client) => client.query<R>(text, values),
+        (client, result) => {
+          client.release();
+          return result;
+        },
+        wasNeverSent,
+      );
+    } catch (error) {
+      if (isConnectionLost(error) && !wasNeverSent(error))
+        throw new CommitOutcomeUnknownError(undefined, error);
+      throw error;
+    }
   }
 
   /**
@@ -114,6 +141,7 @@ export class Database {
     const client = await this.withLiveConnection(
       (client) => client.query('BEGIN'),
       (client) => client,
+      isConnectionLost,
     );
     let result: T;
     try {
@@ -145,10 +173,14 @@ export class Database {
     await this.pool.end();
   }
 
-  /** Runs `first` on a pooled connection, and again on another as long as the one it got was dead. */
+  /**
+   * Runs `first` on a pooled connection, and again on another as long as it failed in a way
+   * `mayRetry` accepts (the connection it got was dead).
+   */
   private async withLiveConnection<F, T>(
     first: (client: pg.PoolClient) => Promise<F>,
     then: (client: pg.PoolClient, result: F) => T,
+    mayRetry: (error: unknown) => boolean,
   ): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       const client = await this.pool.connect();
@@ -158,7 +190,7 @@ export class Database {
       } catch (error) {
         // Like pg's own pool.query: a connection that failed a statement is not reused.
         client.release(error as Error);
-        if (attempt <= this.maxDeadConnections && isConnectionLost(error)) continue;
+        if (attempt <= this.maxDeadConnections && mayRetry(error)) continue;
         throw error;
       }
       return then(client, result);
@@ -169,6 +201,11 @@ export class Database {
 /** SQLSTATE classes that mean the connection is gone, not that the statement was wrong. */
 const CONNECTION_LOST_CODE = /^(08|57P01|57P02|57P03)/;
 const CONNECTION_LOST_MESSAGE = /Connection terminated|not queryable|ECONNRESET|EPIPE/;
+
+/** pg refused to send the statement: its connection was already known to be dead. */
+function wasNeverSent(error: unknown): boolean {
+  return /is not queryable/.test((error as Error)?.message ?? '');
+}
 
 export function isConnectionLost(error: unknown): boolean {
   const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };

@@ -57,9 +57,10 @@ export interface PostgresStoreOptions {
 
 /**
  * The store on PostgreSQL, which several Mailroom processes can share. Same tables, same `run_at`
- * rule and same answers as the SQLite store; what differs is how a batch is written: the hot-path
- * methods make one transaction of a few multi-row statements per batch (arrays through unnest),
- * and row locks, not a single writer, keep concurrent workers from claiming one job twice.
+ * rule and same answers as the SQLite store; what differs is how a batch is written: a batch of
+ * claims or of outcomes is one multi-row statement (arrays through unnest), a transaction of its
+ * own; a batch of new jobs is one short transaction of a few such statements. Row locks, not a
+ * single writer, keep concurrent workers from claiming one job twice.
  * Every write commits (durably: synchronous_commit is left on) before its promise resolves.
  */
 export class PostgresStore implements Store {
@@ -232,13 +233,11 @@ export class PostgresStore implements Store {
   }
 
   claimJobs(requests: readonly ClaimRequest[], now: number): Promise<ClaimResult[]> {
-    if (requests.length === 0) return Promise.resolve([]);
-    return this.db.transaction((sql) => claimJobs(sql, requests, now));
+    return claimJobs(this.db, requests, now);
   }
 
   recordOutcomes(outcomes: readonly RecordOutcome[], now: number): Promise<boolean[]> {
-    if (outcomes.length === 0) return Promise.resolve([]);
-    return this.db.transaction((sql) => recordOutcomes(sql, outcomes, now));
+    return recordOutcomes(this.db, outcomes, now);
   }
 
   async listDeadLetters(filter: DeadLetterFilter): Promise<Job[]> {
