@@ -1035,6 +1035,36 @@ async function countStatements<T>(work: () => Promise<T>): Promise<{ result: T; 
   }
 }
 
+type QueryFn = (this: pg.Client, ...args: unknown[]) => Promise<unknown>;
+
+/** Runs `work` with pg.Client's query replaced by `replace(original)`. */
+async function withQuery<T>(replace: (original: QueryFn) => QueryFn, work: () => Promise<T>): Promise<T> {
+  const prototype = pg.Client.prototype as unknown as { query: QueryFn };
+  const original = prototype.query;
+  prototype.query = replace(original);
+  try {
+    return await work();
+  } finally {
+    prototype.query = original;
+  }
+}
+
+/** What `work` returned, and the durability levels of the connections its statements ran on. */
+async function durabilityOf<T>(work: () => Promise<T>): Promise<{ result: T; levels: string[] }> {
+  const seen = new Set<'light' | 'durable'>();
+  const result = await withQuery(
+    (original) =>
+      function (this: pg.Client, ...args: unknown[]) {
+        const { options } = (this as unknown as { connectionParameters: { options?: string } })
+          .connectionParameters;
+        seen.add(options?.includes('synchronous_commit=off') ? 'light' : 'durable');
+        return original.apply(this, args);
+      },
+    work,
+  );
+  return { result, levels: [...seen] };
+}
+
 describe('PostgreSQL store only', { skip: !postgresUp }, () => {
   describe('outbox', () => {
     let fixture: PostgresFixture;
@@ -1178,6 +1208,27 @@ describe('PostgreSQL store only', { skip: !postgresUp }, () => {
       assert.equal(taken.statements, 1);
       const completed = await countStatements(() => store.outbox!.complete(jobs.map((job) => job.id)));
       assert.equal(completed.statements, 1);
+    });
+
+    test('claims, outcomes and the outbox commit lightly; new jobs, cancels and replays durably', async () => {
+      const job = newJob();
+      const keyed = newJob({ idempotency: key('k', 'hash') });
+      assert.deepEqual((await durabilityOf(() => create(store, job))).levels, ['durable']);
+      assert.deepEqual((await durabilityOf(() => create(store, keyed))).levels, ['durable']);
+      const claimed = await durabilityOf(() => claim(store, job.id, T0));
+      assert.deepEqual(claimed.levels, ['light']);
+      const failed: Outcome = { kind: 'failed', detail: {}, deadLetter: 'max_attempts' };
+      const recorded = await durabilityOf(() => record(store, job.id, claimed.result, failed, T0));
+      assert.deepEqual(recorded.levels, ['light']);
+      const replayed = await durabilityOf(() => store.replayDeadLetters({ limit: 10 }, T0 + 1));
+      assert.deepEqual(replayed.levels, ['durable']);
+      assert.deepEqual((await durabilityOf(() => store.cancelJob(keyed.id, T0 + 2))).levels, ['durable']);
+      const outbox = store.outbox!;
+      const taken = await durabilityOf(() => outbox.take(T0 + 3, 10, 1000));
+      assert.deepEqual(taken.levels, ['light']);
+      const ids = taken.result.map((entry) => entry.jobId);
+      assert.deepEqual((await durabilityOf(() => outbox.release(ids, T0 + 4))).levels, ['light']);
+      assert.deepEqual((await durabilityOf(() => outbox.complete(ids))).levels, ['light']);
     });
   });
 

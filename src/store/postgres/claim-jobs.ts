@@ -61,18 +61,22 @@ export async function claimJobs(
   if (requests.length === 0) return [];
   const ids = requests.map((request) => request.jobId);
   if (new Set(ids).size < ids.length) {
-    return db.transaction((sql) => claimInTransaction(sql, requests, now));
+    return db.transaction((sql) => claimInTransaction(sql, requests, now), 'light');
   }
   const tokens = leaseTokens(requests.length);
-  const { rows } = await db.write<JobRow & { claimed: boolean }>(CLAIM, [
-    ids,
-    tokens,
-    requests.map((request) => request.workerId),
-    requests.map((request) => now + request.leaseMs),
-    requests.map((request) => toJson(claimDetail(request.workerId, false))),
-    requests.map((request) => toJson(claimDetail(request.workerId, true))),
-    now,
-  ]);
+  const { rows } = await db.write<JobRow & { claimed: boolean }>(
+    CLAIM,
+    [
+      ids,
+      tokens,
+      requests.map((request) => request.workerId),
+      requests.map((request) => now + request.leaseMs),
+      requests.map((request) => toJson(claimDetail(request.workerId, false))),
+      requests.map((request) => toJson(claimDetail(request.workerId, true))),
+      now,
+    ],
+    'light',
+  );
   const locked = new Map(rows.map((row) => [row.id, row]));
   return requests.map((request, index) => {
     const row = locked.get(request.jobId);

@@ -1,5 +1,5 @@
 /**
- * The PostgreSQL store's connection pool, and the ways it runs SQL: a statement that is safe to
+ * The PostgreSQL store's connection pools, and the ways it runs SQL: a statement that is safe to
  * repeat, a statement that writes (its own transaction), or a transaction of several. Nothing here
  * knows about jobs.
  */
@@ -8,10 +8,27 @@ import pg from 'pg';
 /** Statements on one connection: what a transaction's work is given. */
 export type Sql = Pick<pg.PoolClient, 'query'>;
 
+/**
+ * How durable a commit is before its promise resolves.
+ * - `durable`: the server's `synchronous_commit` (`on` by default: the commit's WAL is flushed to
+ *   disk first; a stricter setting, for synchronous standbys, is kept). New jobs, cancels and
+ *   replays.
+ * - `light`: `synchronous_commit = off`: the commit is visible at once and reaches the disk within
+ *   about 3 × wal_writer_delay (0.6 s by default), or sooner with the next durable commit. A crash
+ *   of PostgreSQL or of its machine may forget the last light commits (never a durable one, nor
+ *   anything committed before it). Claims, attempt outcomes and the outbox's bookkeeping: see
+ *   docs/failure-modes.md, "Power loss".
+ */
+export type Durability = 'durable' | 'light';
+
 export interface DatabaseOptions {
   readonly url: string;
   /** Already checked with `checkSchemaName`. */
   readonly schema: string;
+  /**
+   * Connections in all. From 2 up they are split between the durable and the light pool (the light
+   * one gets the smaller half); with 1, every commit is durable.
+   */
   readonly poolSize: number;
   /** How long getting a connection (opening one, or waiting for a free one) may take. */
   readonly connectTimeoutMs: number;
@@ -58,9 +75,9 @@ export class CommitOutcomeUnknownError<T> extends Error {
 
 export class Database {
   readonly connectTimeoutMs: number;
-  private readonly pool: pg.Pool;
-  /** Dead connections a call may meet in a row: at most every one the pool holds. */
-  private readonly maxDeadConnections: number;
+  private readonly durable: ConnectionPool;
+  /** The same pool as `durable` when there is only one connection. */
+  private readonly light: ConnectionPool;
   private ended = false;
 
   constructor(options: DatabaseOptions) {
@@ -70,25 +87,11 @@ export class Database {
         'the PostgreSQL URL must not carry an `options` parameter: the store sets search_path through it',
       );
     }
-    this.maxDeadConnections = options.poolSize;
     this.connectTimeoutMs = options.connectTimeoutMs;
-    this.pool = new pg.Pool({
-      connectionString: options.url,
-      max: options.poolSize,
-      connectionTimeoutMillis: options.connectTimeoutMs,
-      keepAlive: true,
-      options: `-c search_path=${options.schema}`,
-      // Names the schema in pg_stat_activity: which Mailroom a connection (or a lock) belongs to.
-      application_name: `mailroom:${options.schema}`,
-      types: TYPES,
-      ...(options.statementTimeoutMs !== undefined && { statement_timeout: options.statementTimeoutMs }),
-    });
-    // A connection that dies (server restart, pg_terminate_backend, network) emits 'error': on the
-    // pool while idle (the pool drops it and opens another when needed), on the client while checked
-    // out (its statements reject, and the transaction's caller gets that). Unhandled, either event
-    // would crash the process.
-    this.pool.on('error', () => {});
-    this.pool.on('connect', (client) => client.on('error', () => {}));
+    const lightSize = Math.floor(options.poolSize / 2);
+    // Settings are made per connection at startup: a light commit costs no extra round trip.
+    this.durable = openPool(options, options.poolSize - lightSize, []);
+    this.light = lightSize > 0 ? openPool(options, lightSize, ['synchronous_commit=off']) : this.durable;
   }
 
   /**
@@ -97,8 +100,13 @@ export class Database {
    * on another. Only for statements that are safe to repeat: reads, and writes whose repetition
    * changes nothing.
    */
-  async query<R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>> {
+  async query<R extends pg.QueryResultRow>(
+    text: string,
+    values?: unknown[],
+    durability: Durability = 'durable',
+  ): Promise<pg.QueryResult<R>> {
     return this.withLiveConnection(
+      this.pool(durability),
       (client) => client.query<R>(text, values),
       (client, result) => {
         client.release();
@@ -115,9 +123,14 @@ export class Database {
    * it, and this rejects with `CommitOutcomeUnknownError` (its `result` undefined) for the caller
    * to find out.
    */
-  async write<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
+  async write<R extends pg.QueryResultRow>(
+    text: string,
+    values: unknown[],
+    durability: Durability,
+  ): Promise<pg.QueryResult<R>> {
     try {
       return await this.withLiveConnection(
+        this.pool(durability),
         (client) => client.query<R>(text, values),
         (client, result) => {
           client.release();
@@ -133,12 +146,13 @@ export class Database {
   }
 
   /**
-   * Runs `work` in a transaction and commits it before resolving (synchronous_commit stays on: the
-   * commit is durable). Rolls back and rejects if `work` throws. A connection found dead at BEGIN
-   * is replaced: nothing was sent on it yet.
+   * Runs `work` in a transaction and commits it, at the durability asked for, before resolving.
+   * Rolls back and rejects if `work` throws. A connection found dead at BEGIN is replaced: nothing
+   * was sent on it yet.
    */
-  async transaction<T>(work: (sql: Sql) => Promise<T>): Promise<T> {
+  async transaction<T>(work: (sql: Sql) => Promise<T>, durability: Durability = 'durable'): Promise<T> {
     const client = await this.withLiveConnection(
+      this.pool(durability),
       (client) => client.query('BEGIN'),
       (client) => client,
       isConnectionLost,
@@ -170,7 +184,11 @@ export class Database {
   async close(): Promise<void> {
     if (this.ended) return;
     this.ended = true;
-    await this.pool.end();
+    await Promise.all([this.durable.pool.end(), this.light !== this.durable && this.light.pool.end()]);
+  }
+
+  private pool(durability: Durability): ConnectionPool {
+    return durability === 'light' ? this.light : this.durable;
   }
 
   /**
@@ -178,24 +196,52 @@ export class Database {
    * `mayRetry` accepts (the connection it got was dead).
    */
   private async withLiveConnection<F, T>(
+    { pool, size }: ConnectionPool,
     first: (client: pg.PoolClient) => Promise<F>,
     then: (client: pg.PoolClient, result: F) => T,
     mayRetry: (error: unknown) => boolean,
   ): Promise<T> {
     for (let attempt = 1; ; attempt++) {
-      const client = await this.pool.connect();
+      const client = await pool.connect();
       let result: F;
       try {
         result = await first(client);
       } catch (error) {
         // Like pg's own pool.query: a connection that failed a statement is not reused.
         client.release(error as Error);
-        if (attempt <= this.maxDeadConnections && mayRetry(error)) continue;
+        // Dead connections met in a row: at most every one the pool holds.
+        if (attempt <= size && mayRetry(error)) continue;
         throw error;
       }
       return then(client, result);
     }
   }
+}
+
+interface ConnectionPool {
+  readonly pool: pg.Pool;
+  readonly size: number;
+}
+
+function openPool(options: DatabaseOptions, size: number, settings: readonly string[]): ConnectionPool {
+  const pool = new pg.Pool({
+    connectionString: options.url,
+    max: size,
+    connectionTimeoutMillis: options.connectTimeoutMs,
+    keepAlive: true,
+    options: [`search_path=${options.schema}`, ...settings].map((s) => `-c ${s}`).join(' '),
+    // Names the schema in pg_stat_activity: which Mailroom a connection (or a lock) belongs to.
+    application_name: `mailroom:${options.schema}`,
+    types: TYPES,
+    ...(options.statementTimeoutMs !== undefined && { statement_timeout: options.statementTimeoutMs }),
+  });
+  // A connection that dies (server restart, pg_terminate_backend, network) emits 'error': on the
+  // pool while idle (the pool drops it and opens another when needed), on the client while checked
+  // out (its statements reject, and the transaction's caller gets that). Unhandled, either event
+  // would crash the process.
+  pool.on('error', () => {});
+  pool.on('connect', (client) => client.on('error', () => {}));
+  return { pool, size };
 }
 
 /** SQLSTATE classes that mean the connection is gone, not that the statement was wrong. */

@@ -5,6 +5,11 @@
  * Taking an entry does not delete it: it moves `available_at` past the hold. A dispatcher that dies
  * before `complete` leaves its entries to be taken again once the hold ends; that is what makes
  * publishing at-least-once.
+ *
+ * Take, complete and release commit lightly (synchronous_commit off, see `Durability`): one that a
+ * crash of PostgreSQL forgets leaves its entries as they were before it, so they are published
+ * again (a second message for a job, which its claim turns into a no-op), never lost: the entries
+ * themselves are written durably with their jobs. The sweep stays durable; it runs twice a minute.
  */
 import { PRIORITY_BY_RANK } from '../../domain/email.js';
 import type { Outbox, OutboxEntry } from '../store.js';
@@ -38,6 +43,7 @@ export class PostgresOutbox implements Outbox {
        FROM due WHERE o.job_id = due.job_id
        RETURNING o.job_id, o.priority, o.headers, due.available_at AS was_available_at`,
       [now, limit, now + holdMs],
+      'light',
     );
     // RETURNING has no order of its own: put back the queue's.
     rows.sort((a, b) => a.priority - b.priority || a.was_available_at - b.was_available_at);
@@ -50,12 +56,16 @@ export class PostgresOutbox implements Outbox {
 
   async complete(jobIds: readonly string[]): Promise<void> {
     if (jobIds.length === 0) return;
-    await this.db.query('DELETE FROM outbox WHERE job_id = ANY($1::text[])', [jobIds]);
+    await this.db.query('DELETE FROM outbox WHERE job_id = ANY($1::text[])', [jobIds], 'light');
   }
 
   async release(jobIds: readonly string[], now: number): Promise<void> {
     if (jobIds.length === 0) return;
-    await this.db.query('UPDATE outbox SET available_at = $2 WHERE job_id = ANY($1::text[])', [jobIds, now]);
+    await this.db.query(
+      'UPDATE outbox SET available_at = $2 WHERE job_id = ANY($1::text[])',
+      [jobIds, now],
+      'light',
+    );
   }
 
   /**

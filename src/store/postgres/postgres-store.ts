@@ -61,7 +61,11 @@ export interface PostgresStoreOptions {
  * claims or of outcomes is one multi-row statement (arrays through unnest), a transaction of its
  * own; a batch of new jobs is one short transaction of a few such statements. Row locks, not a
  * single writer, keep concurrent workers from claiming one job twice.
- * Every write commits (durably: synchronous_commit is left on) before its promise resolves.
+ *
+ * Every write commits before its promise resolves, at one of two durability levels, as in the
+ * SQLite store: new jobs, cancels and replays durably (the server's synchronous_commit, on by
+ * default: flushed to disk first); claims, outcomes and the outbox's bookkeeping lightly
+ * (synchronous_commit off: on disk a fraction of a second later). See `Durability` in database.ts.
  */
 export class PostgresStore implements Store {
   readonly outbox?: Outbox;
@@ -232,10 +236,12 @@ export class PostgresStore implements Store {
     return rows[0]?.next ?? undefined;
   }
 
+  /** A light commit (see `Durability`): a claim lost to a crash of PostgreSQL is made again. */
   claimJobs(requests: readonly ClaimRequest[], now: number): Promise<ClaimResult[]> {
     return claimJobs(this.db, requests, now);
   }
 
+  /** A light commit (see `Durability`): a `sent` lost to a crash of PostgreSQL is sent again. */
   recordOutcomes(outcomes: readonly RecordOutcome[], now: number): Promise<boolean[]> {
     return recordOutcomes(this.db, outcomes, now);
   }

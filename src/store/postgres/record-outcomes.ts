@@ -100,22 +100,26 @@ export async function recordOutcomes(
   if (outcomes.length === 0) return [];
   const ids = outcomes.map((o) => o.jobId);
   if (new Set(ids).size < ids.length) {
-    return db.transaction((sql) => recordInTransaction(sql, outcomes, now));
+    return db.transaction((sql) => recordInTransaction(sql, outcomes, now), 'light');
   }
   const settlements = outcomes.map(({ outcome }) => settle(outcome, now));
-  const { rows } = await db.write<{ id: string }>(RECORD, [
-    ids,
-    outcomes.map((o) => o.leaseToken),
-    outcomes.map((o) => o.outcome.kind),
-    settlements.map((s) => s.status ?? null),
-    settlements.map((s) => s.attemptsChange),
-    settlements.map((s) => s.runAt),
-    settlements.map((s) => (s.lastError === null ? null : toText(s.lastError))),
-    settlements.map((s) => s.deadLetterReason),
-    outcomes.map((o) => toJson(eventDetail(o.outcome))),
-    settlements.map((s) => (s.deadLetterReason ? toJson({ reason: s.deadLetterReason }) : null)),
-    now,
-  ]);
+  const { rows } = await db.write<{ id: string }>(
+    RECORD,
+    [
+      ids,
+      outcomes.map((o) => o.leaseToken),
+      outcomes.map((o) => o.outcome.kind),
+      settlements.map((s) => s.status ?? null),
+      settlements.map((s) => s.attemptsChange),
+      settlements.map((s) => s.runAt),
+      settlements.map((s) => (s.lastError === null ? null : toText(s.lastError))),
+      settlements.map((s) => s.deadLetterReason),
+      outcomes.map((o) => toJson(eventDetail(o.outcome))),
+      settlements.map((s) => (s.deadLetterReason ? toJson({ reason: s.deadLetterReason }) : null)),
+      now,
+    ],
+    'light',
+  );
   const applied = new Set(rows.map((row) => row.id));
   return ids.map((id) => applied.has(id));
 }
