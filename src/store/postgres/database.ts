@@ -61,12 +61,14 @@ const TYPES: pg.CustomTypesConfig = {
 /**
  * The connection was lost while a COMMIT (or a statement that is its own transaction) was under
  * way: PostgreSQL may or may not have committed. Carries what the transaction's work returned,
- * which holds if it did (undefined for a lone statement: its answer never came).
+ * which holds if it did (undefined for a lone statement: its answer never came), and the server
+ * process that ran it: until that process has ended, the COMMIT may still be landing.
  */
 export class CommitOutcomeUnknownError<T> extends Error {
   constructor(
     readonly result: T,
     override readonly cause: unknown,
+    readonly backendPid: number | undefined,
   ) {
     super(`the connection was lost before the commit was confirmed: ${(cause as Error)?.message ?? cause}`);
     this.name = 'CommitOutcomeUnknownError';
@@ -140,7 +142,7 @@ export class Database {
       );
     } catch (error) {
       if (isConnectionLost(error) && !wasNeverSent(error))
-        throw new CommitOutcomeUnknownError(undefined, error);
+        throw new CommitOutcomeUnknownError(undefined, error, undefined);
       throw error;
     }
   }
@@ -174,7 +176,7 @@ export class Database {
       client.release(error as Error);
       // The COMMIT may have reached the server and committed before the connection died: the
       // caller must find out which, not assume it failed.
-      if (isConnectionLost(error)) throw new CommitOutcomeUnknownError(result, error);
+      if (isConnectionLost(error)) throw new CommitOutcomeUnknownError(result, error, backendPidOf(client));
       throw error;
     }
     client.release();
@@ -242,6 +244,12 @@ function openPool(options: DatabaseOptions, size: number, settings: readonly str
   pool.on('error', () => {});
   pool.on('connect', (client) => client.on('error', () => {}));
   return { pool, size };
+}
+
+/** The server process behind a connection (pg's BackendKeyData), when pg exposes it. */
+function backendPidOf(client: pg.PoolClient): number | undefined {
+  const pid = (client as unknown as { processID?: unknown }).processID;
+  return typeof pid === 'number' && pid > 0 ? pid : undefined;
 }
 
 /** SQLSTATE classes that mean the connection is gone, not that the statement was wrong. */

@@ -34,8 +34,8 @@ import { recordOutcomes } from './record-outcomes.js';
 import { type EventRow, type JobRow, toEvent, toJob, toJson } from './rows.js';
 
 /** After a connection lost during COMMIT: how often, and how far apart, to ask whether it happened. */
-const COMMIT_CHECK_ATTEMPTS = 10;
-const COMMIT_CHECK_PAUSE_MS = 500;
+const COMMIT_CHECK_ATTEMPTS = 25;
+const COMMIT_CHECK_PAUSE_MS = 200;
 
 export interface PostgresStoreOptions {
   /** `postgres://user[:password]@host[:port]/database`. */
@@ -111,8 +111,11 @@ export class PostgresStore implements Store {
   /**
    * The connection died during COMMIT. The new jobs' ids are known, so ask (on another connection)
    * whether they exist: all there → the commit happened and its results stand; none → it did not,
-   * and the caller may truthfully say nothing was accepted. While the database cannot be asked,
-   * keep trying for a few seconds, then give up with `CommitUnknownError`.
+   * and the caller may truthfully say nothing was accepted. But only once the server process that
+   * ran the transaction has ended: until then the COMMIT may still be landing, and "none" would be
+   * premature (seen in the fault test that cuts the connection right after COMMIT). While the
+   * database cannot be asked, or that process lingers, keep trying for a few seconds, then give up
+   * with `CommitUnknownError`.
    */
   private async afterUncertainCommit(
     uncertain: CommitOutcomeUnknownError<CreateJobResult[]>,
@@ -124,10 +127,24 @@ export class PostgresStore implements Store {
     for (let attempt = 1; attempt <= COMMIT_CHECK_ATTEMPTS; attempt++) {
       const found = await this.countJobs(created).catch(() => undefined);
       if (found === created.length) return results;
-      if (found === 0) throw uncertain.cause;
+      if (found === 0 && (await this.backendGone(uncertain.backendPid))) throw uncertain.cause;
       await new Promise((resolve) => setTimeout(resolve, COMMIT_CHECK_PAUSE_MS));
     }
     throw new CommitUnknownError(created, uncertain.cause);
+  }
+
+  /** True once the server process `pid` has ended, so its transaction is decided. */
+  private async backendGone(pid: number | undefined): Promise<boolean> {
+    if (pid === undefined) return false;
+    try {
+      const { rows } = await this.db.query<{ alive: number }>(
+        'SELECT count(*)::int AS alive FROM pg_stat_activity WHERE pid = $1',
+        [pid],
+      );
+      return rows[0]?.alive === 0;
+    } catch {
+      return false;
+    }
   }
 
   private async countJobs(ids: readonly string[]): Promise<number> {
