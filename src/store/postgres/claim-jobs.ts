@@ -11,7 +11,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { ClaimRequest, ClaimResult } from '../store.js';
-import type { Database, Sql } from './database.js';
+import type { Database, NamedStatement, Sql } from './database.js';
 import { FINISHED, type JobRow, toJob, toJson } from './rows.js';
 
 interface Claim {
@@ -29,7 +29,9 @@ interface Claim {
  * the same rule as `decide` below. Its `processing` event says LEASE_EXPIRED when it was processing
  * (the detail is chosen here, written by JavaScript: json keeps its text as given).
  */
-const CLAIM = `WITH request AS (
+const CLAIM: NamedStatement = {
+  name: 'mailroom_claim_jobs',
+  text: `WITH request AS (
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::json[], $6::json[])
          AS r(id, lease_token, lease_owner, run_at, detail, expired_detail)
      ),
@@ -51,7 +53,8 @@ const CLAIM = `WITH request AS (
        INSERT INTO job_events (job_id, type, at, attempt, detail)
        SELECT id, 'processing', $7, attempt, detail FROM claimable
      )
-     SELECT l.*, c.id IS NOT NULL AS claimed FROM locked l LEFT JOIN claimable c ON c.id = l.id`;
+     SELECT l.*, c.id IS NOT NULL AS claimed FROM locked l LEFT JOIN claimable c ON c.id = l.id`,
+};
 
 export async function claimJobs(
   db: Database,

@@ -16,8 +16,68 @@
  */
 import { type IdempotencyClaim, type JobStatus, type NewJob, PRIORITY_RANK } from '../../domain/email.js';
 import type { CreateJobResult } from '../store.js';
-import type { Sql } from './database.js';
+import type { NamedStatement, Sql } from './database.js';
 import { toJson } from './rows.js';
+
+/**
+ * Claims idempotency keys: a key row inserted (or an expired one taken over) is ours; the keys it
+ * returns are the ones won.
+ */
+const CLAIM_KEYS: NamedStatement = {
+  name: 'mailroom_claim_keys',
+  text: `WITH claim AS (
+       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])
+         AS c(scope, key, request_hash, job_id, status, created_at, not_before)
+     )
+     INSERT INTO idempotency_keys AS k (scope, key, request_hash, job_id, status, created_at)
+     SELECT scope, key, request_hash, job_id, status, created_at FROM claim
+     ON CONFLICT (scope, key) DO UPDATE
+       SET request_hash = excluded.request_hash, job_id = excluded.job_id, status = excluded.status,
+           created_at = excluded.created_at
+       -- A key older than the request's notBefore no longer counts: the request takes it over.
+       WHERE k.created_at < (SELECT c.not_before FROM claim c WHERE c.scope = k.scope AND c.key = k.key)
+     RETURNING k.scope, k.key`,
+};
+
+/** Inserts the jobs whose id is free, with everything that goes with them; returns the ids inserted. */
+const INSERT_JOBS: NamedStatement = {
+  name: 'mailroom_insert_jobs',
+  text: `WITH input AS (
+       SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bigint[], $6::text[],
+                            $7::json[], $8::json[], $9::json[], $10::bigint[], $11::json[])
+         AS i(id, status, priority, run_at, send_at, message_id, content, tags, metadata, created_at, first_event)
+     ),
+     inserted AS (
+       INSERT INTO jobs (id, status, priority, attempts, run_at, send_at, message_id, content, tags, metadata,
+                         created_at, updated_at)
+       SELECT id, status, priority, 0, run_at, send_at, message_id, content, tags, metadata, created_at, created_at
+       FROM input
+       ON CONFLICT (id) DO NOTHING
+       RETURNING id
+     ),
+     recipients AS (
+       INSERT INTO job_recipients (address, job_id)
+       SELECT r.address, r.job_id FROM unnest($12::text[], $13::text[]) AS r(job_id, address)
+       WHERE r.job_id IN (SELECT id FROM inserted)
+       ON CONFLICT DO NOTHING
+     ),
+     tags AS (
+       INSERT INTO job_tags (tag, job_id)
+       SELECT t.tag, t.job_id FROM unnest($14::text[], $15::text[]) AS t(job_id, tag)
+       WHERE t.job_id IN (SELECT id FROM inserted)
+       ON CONFLICT DO NOTHING
+     ),
+     events AS (
+       INSERT INTO job_events (job_id, type, at, attempt, detail)
+       SELECT i.id, i.status, i.created_at, 0, i.first_event FROM input i JOIN inserted USING (id)
+     ),
+     outbox AS (
+       INSERT INTO outbox (job_id, priority, headers, available_at)
+       SELECT i.id, i.priority, '{}', i.run_at FROM input i JOIN inserted USING (id)
+       WHERE $16::boolean
+     )
+     SELECT id FROM inserted`,
+};
 
 /** Who holds an idempotency key: the request hash and job it was first used for. */
 interface KeyOwner {
@@ -98,20 +158,9 @@ async function claimKeys(
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(([, index]) => ({ index, job: jobs[index]! }));
   const claims = claimants.map(({ job }) => job.idempotency!);
-  const won = await sql.query<{ scope: string; key: string }>(
-    `WITH claim AS (
-       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])
-         AS c(scope, key, request_hash, job_id, status, created_at, not_before)
-     )
-     INSERT INTO idempotency_keys AS k (scope, key, request_hash, job_id, status, created_at)
-     SELECT scope, key, request_hash, job_id, status, created_at FROM claim
-     ON CONFLICT (scope, key) DO UPDATE
-       SET request_hash = excluded.request_hash, job_id = excluded.job_id, status = excluded.status,
-           created_at = excluded.created_at
-       -- A key older than the request's notBefore no longer counts: the request takes it over.
-       WHERE k.created_at < (SELECT c.not_before FROM claim c WHERE c.scope = k.scope AND c.key = k.key)
-     RETURNING k.scope, k.key`,
-    [
+  const won = await sql.query<{ scope: string; key: string }>({
+    ...CLAIM_KEYS,
+    values: [
       claims.map((c) => c.scope),
       claims.map((c) => c.key),
       claims.map((c) => c.requestHash),
@@ -120,7 +169,7 @@ async function claimKeys(
       claimants.map(({ job }) => job.createdAt),
       claims.map((c) => c.notBefore),
     ],
-  );
+  });
   const wonKeys = new Set(won.rows.map((row) => keyOf(row)));
   for (const { index, job } of claimants) {
     const key = keyOf(job.idempotency);
@@ -157,43 +206,9 @@ async function insertJobs(sql: Sql, jobs: readonly NewJob[], withOutbox: boolean
     [...recipientsOf(job)].map((address) => ({ id: job.id, address })),
   );
   const tags = jobs.flatMap((job) => [...new Set(job.tags)].map((tag) => ({ id: job.id, tag })));
-  const result = await sql.query<{ id: string }>(
-    `WITH input AS (
-       SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bigint[], $6::text[],
-                            $7::json[], $8::json[], $9::json[], $10::bigint[], $11::json[])
-         AS i(id, status, priority, run_at, send_at, message_id, content, tags, metadata, created_at, first_event)
-     ),
-     inserted AS (
-       INSERT INTO jobs (id, status, priority, attempts, run_at, send_at, message_id, content, tags, metadata,
-                         created_at, updated_at)
-       SELECT id, status, priority, 0, run_at, send_at, message_id, content, tags, metadata, created_at, created_at
-       FROM input
-       ON CONFLICT (id) DO NOTHING
-       RETURNING id
-     ),
-     recipients AS (
-       INSERT INTO job_recipients (address, job_id)
-       SELECT r.address, r.job_id FROM unnest($12::text[], $13::text[]) AS r(job_id, address)
-       WHERE r.job_id IN (SELECT id FROM inserted)
-       ON CONFLICT DO NOTHING
-     ),
-     tags AS (
-       INSERT INTO job_tags (tag, job_id)
-       SELECT t.tag, t.job_id FROM unnest($14::text[], $15::text[]) AS t(job_id, tag)
-       WHERE t.job_id IN (SELECT id FROM inserted)
-       ON CONFLICT DO NOTHING
-     ),
-     events AS (
-       INSERT INTO job_events (job_id, type, at, attempt, detail)
-       SELECT i.id, i.status, i.created_at, 0, i.first_event FROM input i JOIN inserted USING (id)
-     ),
-     outbox AS (
-       INSERT INTO outbox (job_id, priority, headers, available_at)
-       SELECT i.id, i.priority, '{}', i.run_at FROM input i JOIN inserted USING (id)
-       WHERE $16::boolean
-     )
-     SELECT id FROM inserted`,
-    [
+  const result = await sql.query<{ id: string }>({
+    ...INSERT_JOBS,
+    values: [
       jobs.map((job) => job.id),
       jobs.map(statusOf),
       jobs.map((job) => PRIORITY_RANK[job.priority]),
@@ -211,7 +226,7 @@ async function insertJobs(sql: Sql, jobs: readonly NewJob[], withOutbox: boolean
       tags.map((t) => t.tag),
       withOutbox,
     ],
-  );
+  });
   return new Set(result.rows.map((row) => row.id));
 }
 

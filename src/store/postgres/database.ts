@@ -9,6 +9,25 @@ import pg from 'pg';
 export type Sql = Pick<pg.PoolClient, 'query'>;
 
 /**
+ * A hot statement with a name: each connection has PostgreSQL parse and plan it once (a prepared
+ * statement), then only binds and executes it. The text must be fixed: one name, one text.
+ */
+export interface NamedStatement {
+  readonly name: string;
+  readonly text: string;
+}
+
+/** SQL text, or a named statement. */
+export type Statement = string | NamedStatement;
+
+/** The query config pg takes for `statement` with `values`. */
+export function bind(statement: Statement, values?: unknown[]): pg.QueryConfig {
+  return typeof statement === 'string'
+    ? { text: statement, ...(values && { values }) }
+    : { name: statement.name, text: statement.text, ...(values && { values }) };
+}
+
+/**
  * How durable a commit is before its promise resolves.
  * - `durable`: the server's `synchronous_commit` (`on` by default: the commit's WAL is flushed to
  *   disk first; a stricter setting, for synchronous standbys, is kept). New jobs, cancels and
@@ -92,8 +111,9 @@ export class Database {
     this.connectTimeoutMs = options.connectTimeoutMs;
     const lightSize = Math.floor(options.poolSize / 2);
     // Settings are made per connection at startup: a light commit costs no extra round trip.
-    this.durable = openPool(options, options.poolSize - lightSize, []);
-    this.light = lightSize > 0 ? openPool(options, lightSize, ['synchronous_commit=off']) : this.durable;
+    this.durable = openPool(options, options.poolSize - lightSize, lightSize > 0 ? [] : INDEX_PLANS);
+    this.light =
+      lightSize > 0 ? openPool(options, lightSize, ['synchronous_commit=off', ...INDEX_PLANS]) : this.durable;
   }
 
   /**
@@ -103,13 +123,13 @@ export class Database {
    * changes nothing.
    */
   async query<R extends pg.QueryResultRow>(
-    text: string,
+    statement: Statement,
     values?: unknown[],
     durability: Durability = 'durable',
   ): Promise<pg.QueryResult<R>> {
     return this.withLiveConnection(
       this.pool(durability),
-      (client) => client.query<R>(text, values),
+      (client) => client.query<R>(bind(statement, values)),
       (client, result) => {
         client.release();
         return result;
@@ -126,14 +146,14 @@ export class Database {
    * to find out.
    */
   async write<R extends pg.QueryResultRow>(
-    text: string,
+    statement: Statement,
     values: unknown[],
     durability: Durability,
   ): Promise<pg.QueryResult<R>> {
     try {
       return await this.withLiveConnection(
         this.pool(durability),
-        (client) => client.query<R>(text, values),
+        (client) => client.query<R>(bind(statement, values)),
         (client, result) => {
           client.release();
           return result;
@@ -224,6 +244,18 @@ interface ConnectionPool {
   readonly pool: pg.Pool;
   readonly size: number;
 }
+
+/**
+ * Settings for the connections that run the claims, outcomes and outbox statements. Those are
+ * named (`NamedStatement`): after five runs PostgreSQL may keep one generic plan for each, costed
+ * once with the table sizes of that moment. Each finds its rows through an index, but a plan made
+ * while a table looks tiny (a new schema that autovacuum has not analyzed yet) can scan it instead,
+ * and a cached generic plan keeps scanning as the table grows: a claim reading every job. With
+ * enable_seqscan off the planner takes an index whenever there is one. jit off: a penalised scan's
+ * cost would otherwise trigger JIT compilation, tens of milliseconds for a statement of one.
+ * (The durable pool's named statements, the intake's, read no table: only their own input.)
+ */
+const INDEX_PLANS = ['enable_seqscan=off', 'jit=off'];
 
 function openPool(options: DatabaseOptions, size: number, settings: readonly string[]): ConnectionPool {
   const pool = new pg.Pool({

@@ -13,7 +13,7 @@
  */
 import { PRIORITY_BY_RANK } from '../../domain/email.js';
 import type { Outbox, OutboxEntry } from '../store.js';
-import type { Database } from './database.js';
+import type { Database, NamedStatement } from './database.js';
 
 interface EntryRow {
   job_id: string;
@@ -21,6 +21,30 @@ interface EntryRow {
   headers: Record<string, string>;
   was_available_at: number;
 }
+
+const TAKE: NamedStatement = {
+  name: 'mailroom_outbox_take',
+  text: `WITH due AS (
+       SELECT job_id, available_at FROM outbox
+       WHERE available_at <= $1
+       ORDER BY priority, available_at
+       LIMIT $2
+       FOR UPDATE SKIP LOCKED
+     )
+     UPDATE outbox o SET available_at = $3
+     FROM due WHERE o.job_id = due.job_id
+     RETURNING o.job_id, o.priority, o.headers, due.available_at AS was_available_at`,
+};
+
+const COMPLETE: NamedStatement = {
+  name: 'mailroom_outbox_complete',
+  text: 'DELETE FROM outbox WHERE job_id = ANY($1::text[])',
+};
+
+const RELEASE: NamedStatement = {
+  name: 'mailroom_outbox_release',
+  text: 'UPDATE outbox SET available_at = $2 WHERE job_id = ANY($1::text[])',
+};
 
 export class PostgresOutbox implements Outbox {
   constructor(private readonly db: Database) {}
@@ -31,20 +55,7 @@ export class PostgresOutbox implements Outbox {
    * Safe to run twice (the retry after a dead connection): entries taken and lost come back.
    */
   async take(now: number, limit: number, holdMs: number): Promise<OutboxEntry[]> {
-    const { rows } = await this.db.query<EntryRow>(
-      `WITH due AS (
-         SELECT job_id, available_at FROM outbox
-         WHERE available_at <= $1
-         ORDER BY priority, available_at
-         LIMIT $2
-         FOR UPDATE SKIP LOCKED
-       )
-       UPDATE outbox o SET available_at = $3
-       FROM due WHERE o.job_id = due.job_id
-       RETURNING o.job_id, o.priority, o.headers, due.available_at AS was_available_at`,
-      [now, limit, now + holdMs],
-      'light',
-    );
+    const { rows } = await this.db.query<EntryRow>(TAKE, [now, limit, now + holdMs], 'light');
     // RETURNING has no order of its own: put back the queue's.
     rows.sort((a, b) => a.priority - b.priority || a.was_available_at - b.was_available_at);
     return rows.map((row) => ({
@@ -56,16 +67,12 @@ export class PostgresOutbox implements Outbox {
 
   async complete(jobIds: readonly string[]): Promise<void> {
     if (jobIds.length === 0) return;
-    await this.db.query('DELETE FROM outbox WHERE job_id = ANY($1::text[])', [jobIds], 'light');
+    await this.db.query(COMPLETE, [jobIds], 'light');
   }
 
   async release(jobIds: readonly string[], now: number): Promise<void> {
     if (jobIds.length === 0) return;
-    await this.db.query(
-      'UPDATE outbox SET available_at = $2 WHERE job_id = ANY($1::text[])',
-      [jobIds, now],
-      'light',
-    );
+    await this.db.query(RELEASE, [jobIds, now], 'light');
   }
 
   /**

@@ -11,7 +11,7 @@
  */
 import type { DeadLetterReason, JobEventType, JobStatus } from '../../domain/email.js';
 import type { Outcome, RecordOutcome } from '../store.js';
-import type { Database, Sql } from './database.js';
+import type { Database, NamedStatement, Sql } from './database.js';
 import { toJson, toText } from './rows.js';
 
 /** What an outcome does to its job's row, whatever the attempts spent so far. */
@@ -55,7 +55,9 @@ interface LeaseRow {
  * event right after its `failed` one; each carries the attempt it belongs to (the attempts spent
  * before the settlement).
  */
-const RECORD = `WITH outcome AS (
+const RECORD: NamedStatement = {
+  name: 'mailroom_record_outcomes',
+  text: `WITH outcome AS (
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[],
                             $7::text[], $8::text[], $9::json[], $10::json[])
          WITH ORDINALITY
@@ -90,7 +92,8 @@ const RECORD = `WITH outcome AS (
        ) e
        ORDER BY e.n, e.k
      )
-     SELECT id FROM applied`;
+     SELECT id FROM applied`,
+};
 
 export async function recordOutcomes(
   db: Database,
