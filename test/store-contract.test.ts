@@ -1065,6 +1065,32 @@ async function durabilityOf<T>(work: () => Promise<T>): Promise<{ result: T; lev
   return { result, levels: [...seen] };
 }
 
+/**
+ * Runs `work` while the first COMMIT's answer is lost as if the connection died: `after` PostgreSQL
+ * committed, or `before` (the transaction is rolled back instead).
+ */
+async function withLostCommitAnswer<T>(when: 'after' | 'before', work: () => Promise<T>): Promise<T> {
+  let lost = false;
+  return withQuery(
+    (original) =>
+      function (this: pg.Client, ...args: unknown[]) {
+        if (args[0] !== 'COMMIT' || lost) return original.apply(this, args);
+        lost = true;
+        const sent = original.apply(this, when === 'after' ? args : ['ROLLBACK']);
+        return sent.then(() => Promise.reject(new Error('Connection terminated unexpectedly')));
+      },
+    work,
+  );
+}
+
+async function rowCounts(schema: string): Promise<Record<string, number>> {
+  const { rows } = await admin!.query(
+    `SELECT (SELECT count(*)::int FROM ${schema}.jobs) AS jobs, (SELECT count(*)::int FROM ${schema}.job_events) AS job_events,
+            (SELECT count(*)::int FROM ${schema}.outbox) AS outbox`,
+  );
+  return rows[0];
+}
+
 describe('PostgreSQL store only', { skip: !postgresUp }, () => {
   describe('outbox', () => {
     let fixture: PostgresFixture;
@@ -1187,7 +1213,7 @@ describe('PostgreSQL store only', { skip: !postgresUp }, () => {
       );
       const created = await countStatements(() => store.createJobs(jobs));
       assert.ok(created.statements <= 4, `createJobs: ${created.statements} statements`);
-      // Without keys: BEGIN, the insert and COMMIT.
+      // Without keys: BEGIN (sent with the insert), the insert and COMMIT.
       const plain = await countStatements(() =>
         store.createJobs(Array.from({ length: 256 }, (_, i) => newJob({ createdAt: T0 + i, tags: ['t'] }))),
       );
@@ -1229,6 +1255,37 @@ describe('PostgreSQL store only', { skip: !postgresUp }, () => {
       const ids = taken.result.map((entry) => entry.jobId);
       assert.deepEqual((await durabilityOf(() => outbox.release(ids, T0 + 4))).levels, ['light']);
       assert.deepEqual((await durabilityOf(() => outbox.complete(ids))).levels, ['light']);
+    });
+  });
+
+  describe("createJobs when its COMMIT's answer is lost", () => {
+    let fixture: PostgresFixture;
+    beforeEach(async () => {
+      fixture = await postgresStore({ outbox: true });
+    });
+    afterEach(() => fixture.dispose());
+
+    test('and it committed: the store finds the new jobs and its results stand', async () => {
+      const existing = newJob();
+      await create(fixture.store, existing);
+      const jobs = [newJob(), newJob({ sendAt: T0 + HOUR }), newJob({ id: existing.id, createdAt: T0 + 5 })];
+      const results = await withLostCommitAnswer('after', () => fixture.store.createJobs(jobs));
+      assert.deepEqual(results, [
+        { kind: 'created', id: jobs[0]!.id, status: 'queued' },
+        { kind: 'created', id: jobs[1]!.id, status: 'scheduled' },
+        { kind: 'duplicate', id: existing.id, status: 'queued' },
+      ]);
+      assert.deepEqual(await rowCounts(fixture.schema), { jobs: 3, job_events: 3, outbox: 3 });
+    });
+
+    test('and it did not: the call rejects (nothing was accepted) and nothing was written', async () => {
+      const existing = newJob();
+      await create(fixture.store, existing);
+      await assert.rejects(
+        withLostCommitAnswer('before', () => fixture.store.createJobs([newJob(), newJob()])),
+        /Connection terminated/,
+      );
+      assert.deepEqual(await rowCounts(fixture.schema), { jobs: 1, job_events: 1, outbox: 1 });
     });
   });
 

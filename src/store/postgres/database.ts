@@ -169,38 +169,52 @@ export class Database {
 
   /**
    * Runs `work` in a transaction and commits it, at the durability asked for, before resolving.
-   * Rolls back and rejects if `work` throws. A connection found dead at BEGIN is replaced: nothing
-   * was sent on it yet.
+   * Rolls back and rejects if `work` throws. BEGIN goes out with the work's first statement (pg's
+   * pipeline mode), saving a round trip; COMMIT only once every statement has answered, so a
+   * connection lost before it means nothing was committed. When the connection is found dead at
+   * BEGIN, the work runs again on another: nothing it sent could have committed.
    */
   async transaction<T>(work: (sql: Sql) => Promise<T>, durability: Durability = 'durable'): Promise<T> {
-    const client = await this.withLiveConnection(
-      this.pool(durability),
-      (client) => client.query('BEGIN'),
-      (client) => client,
-      isConnectionLost,
-    );
-    let result: T;
-    try {
-      result = await work(client);
-    } catch (error) {
-      await client.query('ROLLBACK').then(
-        () => client.release(),
-        // The connection itself failed: the pool must not hand it out again.
-        (rollbackError: Error) => client.release(rollbackError),
+    const { pool, size } = this.pool(durability);
+    for (let attempt = 1; ; attempt++) {
+      const client = await pool.connect();
+      const begun = client.query('BEGIN').then(
+        () => undefined,
+        (error: unknown) => error as Error,
       );
-      throw error;
+      let result: T;
+      try {
+        result = await work(client);
+      } catch (error) {
+        const beginError = await begun;
+        if (beginError) {
+          // Like pg's own pool.query: a connection that failed a statement is not reused.
+          client.release(beginError);
+          // Dead connections met in a row: at most every one the pool holds.
+          if (attempt <= size && isConnectionLost(beginError)) continue;
+          throw beginError;
+        }
+        await client.query('ROLLBACK').then(
+          () => client.release(),
+          // The connection itself failed: the pool must not hand it out again.
+          (rollbackError: Error) => client.release(rollbackError),
+        );
+        throw error;
+      }
+      // Answered before the work's first statement: already settled, and fine.
+      await begun;
+      try {
+        await client.query('COMMIT');
+      } catch (error) {
+        client.release(error as Error);
+        // The COMMIT may have reached the server and committed before the connection died: the
+        // caller must find out which, not assume it failed.
+        if (isConnectionLost(error)) throw new CommitOutcomeUnknownError(result, error, backendPidOf(client));
+        throw error;
+      }
+      client.release();
+      return result;
     }
-    try {
-      await client.query('COMMIT');
-    } catch (error) {
-      client.release(error as Error);
-      // The COMMIT may have reached the server and committed before the connection died: the
-      // caller must find out which, not assume it failed.
-      if (isConnectionLost(error)) throw new CommitOutcomeUnknownError(result, error, backendPidOf(client));
-      throw error;
-    }
-    client.release();
-    return result;
   }
 
   async close(): Promise<void> {
@@ -261,6 +275,10 @@ function openPool(options: DatabaseOptions, size: number, settings: readonly str
   const pool = new pg.Pool({
     connectionString: options.url,
     max: size,
+    // A statement is written as soon as it is asked for, not after the previous one's answer: only
+    // `transaction` asks for two at once (BEGIN and the first statement). Everything else awaits
+    // each statement, and runs exactly as without it.
+    pipeline: true,
     connectionTimeoutMillis: options.connectTimeoutMs,
     keepAlive: true,
     options: [`search_path=${options.schema}`, ...settings].map((s) => `-c ${s}`).join(' '),
