@@ -92,6 +92,67 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX outbox_due ON outbox (priority, available_at);
     `,
   },
+  {
+    version: 2,
+    name: 'rate limiter buckets and take function',
+    // For src/flow/postgres-rate-limiter.ts; the arithmetic is src/flow/bucket-math.ts's. UNLOGGED:
+    // a row updated on every send writes no WAL; a crash empties the table, and an empty table only
+    // means every bucket is full. fillfactor leaves room in each page for HOT updates, and full_at
+    // has no index for the same reason (the occasional prune scans the table, which stays small).
+    sql: `
+      CREATE UNLOGGED TABLE rate_buckets (
+        key        text COLLATE "C" PRIMARY KEY,
+        level      double precision NOT NULL,   -- tokens at updated_at; below zero: reserved
+        updated_at timestamptz NOT NULL,
+        full_at    timestamptz NOT NULL         -- full again from then on: the row may be deleted
+      ) WITH (fillfactor = 50);
+
+      -- One token from every bucket, all or none. keys come sorted (by the caller) and distinct:
+      -- rows are locked in that order, so two takes over shared keys queue instead of deadlocking.
+      -- The clock is read once every lock is held, so no take can be dated before one it waited for.
+      CREATE FUNCTION rate_take(keys text[], rates double precision[], bursts double precision[],
+                                max_wait_ms double precision, OUT granted boolean, OUT wait_ms double precision)
+      LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+      DECLARE
+        levels double precision[] := '{}';
+        stamps timestamptz[] := '{}';
+        found_level double precision;
+        found_at timestamptz;
+        now_ts timestamptz;
+        exact_ms double precision := 0;
+      BEGIN
+        FOR i IN 1 .. coalesce(cardinality(keys), 0) LOOP
+          LOOP
+            SELECT b.level, b.updated_at INTO found_level, found_at FROM rate_buckets b
+              WHERE b.key = keys[i] FOR UPDATE;
+            EXIT WHEN FOUND;
+            -- A new bucket starts full. Another take may be inserting it too (then this waits for it
+            -- and inserts nothing), or a prune deleting it: either way, look again.
+            INSERT INTO rate_buckets (key, level, updated_at, full_at)
+              VALUES (keys[i], bursts[i], clock_timestamp(), clock_timestamp())
+              ON CONFLICT (key) DO NOTHING;
+          END LOOP;
+          levels[i] := found_level;
+          stamps[i] := found_at;
+        END LOOP;
+        now_ts := clock_timestamp();
+        FOR i IN 1 .. coalesce(cardinality(keys), 0) LOOP
+          levels[i] := least(bursts[i],
+            levels[i] + greatest(0, extract(epoch FROM now_ts - stamps[i])::double precision) * rates[i]);
+          IF levels[i] < 1 THEN exact_ms := greatest(exact_ms, (1 - levels[i]) / rates[i] * 1000); END IF;
+        END LOOP;
+        wait_ms := greatest(0, ceil(exact_ms - 1e-6));
+        granted := wait_ms <= max_wait_ms;
+        IF granted THEN
+          UPDATE rate_buckets b
+             SET level = v.level - 1, updated_at = now_ts,
+                 full_at = now_ts + make_interval(secs => (v.burst - v.level + 1) / v.rate)
+            FROM unnest(keys, levels, rates, bursts) AS v(key, level, rate, burst)
+           WHERE b.key = v.key;
+        END IF;
+      END $$;
+    `,
+  },
 ];
 
 /** Creates the schema if missing and applies the migrations it lacks. */
