@@ -11,7 +11,7 @@ import { connect } from 'node:net';
  */
 export function connectNoDelay(
   options: { host?: string; port?: number; connectionTimeout?: number },
-  callback: (error: Error | null, socketOptions?: { connection: import('node:net').Socket }) => void,
+  callback: (error: Error | null, socketOptions?: { connection?: import('node:net').Socket }) => void,
 ): void {
   const socket = connect({ host: options.host, port: options.port ?? 25, noDelay: true });
   coalesceWrites(socket);
@@ -23,7 +23,10 @@ export function connectNoDelay(
     socket.removeListener('error', finish);
     if (error) {
       socket.destroy();
-      callback(Object.assign(error, { code: (error as NodeJS.ErrnoException).code ?? 'ECONNECTION' }));
+      // Not callback(error): nodemailer's pool (7.0) then neither removes nor frees the connection
+      // slot, so after `pool` failed connects every later send waits forever. Handing back no socket
+      // makes nodemailer connect by itself, and a failure there is reported and cleaned up properly.
+      callback(null, {});
     } else {
       callback(null, { connection: socket });
     }

@@ -67,7 +67,10 @@ export class SmtpTransport implements Transport {
   }
 }
 
-function poolOptions(options: SmtpTransportOptions): SMTPPool.Options {
+/** A pool option nodemailer reads but its type definitions do not list. */
+type PoolOptions = SMTPPool.Options & { readonly maxRequeues?: number };
+
+function poolOptions(options: SmtpTransportOptions): PoolOptions {
   const url = new URL(options.url);
   const secure = url.protocol === 'smtps:';
   return {
@@ -84,6 +87,10 @@ function poolOptions(options: SmtpTransportOptions): SMTPPool.Options {
     connectionTimeout: options.timeoutMs,
     greetingTimeout: options.timeoutMs,
     socketTimeout: options.timeoutMs,
+    // A connection that closes mid-send fails that send. The pool's default sends it again on another
+    // connection, without limit: a relay that already had it delivers it twice, and Mailroom's own
+    // retry rules (attempts, backoff, the circuit breaker) never see the failure.
+    maxRequeues: 0,
     disableFileAccess: true,
     disableUrlAccess: true,
     getSocket: connectNoDelay,
