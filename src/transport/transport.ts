@@ -27,6 +27,13 @@ export type SendResult =
       readonly code: string;
       readonly message: string;
       readonly responseCode?: number;
+      /**
+       * Set when the answer was "slow down, try later" (SMTP 421/450/451/452, SES throttling) rather
+       * than a failure: flow control lowers the rate of what it concerns — the recipients' domains
+       * (a reply to RCPT TO or DATA) or the whole transport — and the circuit breaker does not count
+       * it, since the relay is there and answering.
+       */
+      readonly throttle?: 'recipients' | 'transport';
     }
   | {
       /** Retrying cannot help: 5xx, every recipient refused, message refused. */

@@ -42,6 +42,9 @@ test('throttling, 5xx and a paused account are transient', () => {
     const result = classifySesError(serviceError(name, status));
     assert.equal(result.kind, 'transient', name);
     assert.equal(result.code, 'SES_TRANSIENT', name);
+    // Throttling slows the transport down; other transient errors count for the breaker.
+    const throttling = status === 429 || /Throttling|TooManyRequests|LimitExceeded/.test(name);
+    assert.equal((result as { throttle?: string }).throttle, throttling ? 'transport' : undefined, name);
   }
 });
 

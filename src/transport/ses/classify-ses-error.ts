@@ -28,6 +28,14 @@ const PERMANENT = new Set([
   'NotFoundException',
 ]);
 
+/** SES's "slow down": the account's sending rate or a request quota was exceeded. */
+const THROTTLING = new Set([
+  'TooManyRequestsException',
+  'LimitExceededException',
+  'ThrottlingException',
+  'Throttling',
+]);
+
 /**
  * The one place that decides retryable versus permanent for SES. Throttling (429), 5xx, failures
  * without an answer and `SendingPausedException` are transient; refusals of the message or its
@@ -49,5 +57,11 @@ export function classifySesError(error: SesErrorLike): Exclude<SendResult, { kin
   // Everything else is transient: throttling (TooManyRequestsException, LimitExceededException, any
   // 429), SendingPausedException, 5xx, no answer at all (ECONNREFUSED, ECONNRESET, ENOTFOUND,
   // TimeoutError), and errors this table does not know, whose name the message keeps.
-  return { kind: 'transient', code: 'SES_TRANSIENT', message };
+  const throttled = THROTTLING.has(name) || status === 429;
+  return {
+    kind: 'transient',
+    code: 'SES_TRANSIENT',
+    message,
+    ...(throttled && { throttle: 'transport' as const }),
+  };
 }

@@ -30,11 +30,32 @@ test('the reply code and text are kept for the job history', () => {
     responseCode: 452,
     response: '452 4.2.2 mailbox full',
     code: 'EENVELOPE',
+    command: 'RCPT TO',
   });
   assert.deepEqual(result, {
     kind: 'transient',
     code: 'SMTP_TRANSIENT',
     message: '452 4.2.2 mailbox full',
     responseCode: 452,
+    throttle: 'recipients',
   });
+});
+
+test('"try later" replies are throttling: at RCPT TO or DATA for the recipients, before for the transport', () => {
+  const throttleOf = (responseCode: number, command?: string) =>
+    (classifySmtpError({ responseCode, response: `${responseCode} later`, command }) as { throttle?: string })
+      .throttle;
+  for (const code of [421, 450, 451, 452]) {
+    assert.equal(throttleOf(code, 'RCPT TO'), 'recipients', `${code} at RCPT TO`);
+    assert.equal(throttleOf(code, 'DATA'), 'recipients', `${code} at DATA`);
+    assert.equal(throttleOf(code, 'CONN'), 'transport', `${code} at the greeting`);
+    assert.equal(throttleOf(code, 'MAIL FROM'), 'transport', `${code} at MAIL FROM`);
+  }
+  // Other 4xx replies and failures without a reply are not throttling: the breaker counts them.
+  assert.equal(throttleOf(454, 'RCPT TO'), undefined);
+  assert.equal(throttleOf(471, 'DATA'), undefined);
+  assert.equal(
+    (classifySmtpError({ code: 'ECONNECTION', message: 'refused' }) as { throttle?: string }).throttle,
+    undefined,
+  );
 });

@@ -20,6 +20,17 @@ const CONNECTION_CODES = new Set([
   'ECONNRESET',
 ]);
 
+/** "Try later" replies: the relay is there but wants less from us (RFC 5321 §4.2.2, RFC 3463). */
+const THROTTLE_CODES = new Set([421, 450, 451, 452]);
+
+/**
+ * A refusal at RCPT TO or DATA concerns the recipients (their domain's limits, greylisting, a full
+ * mailbox); at the greeting, EHLO, AUTH or MAIL FROM it concerns this sender as a whole.
+ */
+function throttleScope(command: string | undefined): 'recipients' | 'transport' {
+  return command === 'RCPT TO' || command === 'DATA' ? 'recipients' : 'transport';
+}
+
 /**
  * The one place that decides retryable versus permanent for SMTP:
  * a 4xx reply is transient, a 5xx reply permanent, and a failure with no reply (refused, dropped,
@@ -33,7 +44,14 @@ export function classifySmtpError(error: SmtpErrorLike): Exclude<SendResult, { k
     return { kind: 'permanent', code: 'SMTP_PERMANENT', message: text, responseCode };
   }
   if (responseCode !== undefined && responseCode >= 400 && responseCode < 500) {
-    return { kind: 'transient', code: 'SMTP_TRANSIENT', message: text, responseCode };
+    const throttle = THROTTLE_CODES.has(responseCode) ? throttleScope(error.command) : undefined;
+    return {
+      kind: 'transient',
+      code: 'SMTP_TRANSIENT',
+      message: text,
+      responseCode,
+      ...(throttle && { throttle }),
+    };
   }
   if (error.code === 'EENVELOPE' && responseCode === undefined) {
     // Raised before talking to the relay: no usable recipient in the envelope.
