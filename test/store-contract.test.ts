@@ -739,6 +739,32 @@ function storeContract(
         );
       });
 
+      test('released untried until a time (flow control): not due before it, retry_at in the history', async () => {
+        const job = newJob();
+        await create(store, job);
+        const token = await claim(store, job.id, T0);
+        const detail = { code: 'CIRCUIT_OPEN', transport: 'smtp' };
+        const outcome = { kind: 'released', detail, attemptSpent: false, retryAt: T0 + 30_000 } as const;
+        await record(store, job.id, token, outcome, T0 + 50);
+        const stored = await store.getJob(job.id);
+        assert.equal(stored?.status, 'queued');
+        assert.equal(stored?.attempts, 0);
+        assert.deepEqual(stored?.events.at(-1), {
+          type: 'released',
+          at: T0 + 50,
+          attempt: 1,
+          detail: { ...detail, retry_at: new Date(T0 + 30_000).toISOString() },
+        });
+        assert.deepEqual(await store.findDueJobs(T0 + 29_999, 10, new Set()), []);
+        assert.equal(
+          (await store.claimJobs([{ jobId: job.id, workerId: 'w', leaseMs: 1000 }], T0 + 100))[0]?.kind,
+          'busy',
+        );
+        assert.deepEqual(await store.findDueJobs(T0 + 30_000, 10, new Set()), [
+          { id: job.id, priority: 'normal' },
+        ]);
+      });
+
       test('released with the attempt spent: deferred, the attempt counted, due at once', async () => {
         const job = newJob();
         await create(store, job);

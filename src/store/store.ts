@@ -49,8 +49,16 @@ export type Outcome =
       /** Set when the job goes to the dead-letter list (replayable). */
       readonly deadLetter?: DeadLetterReason;
     }
-  /** The worker gives the job back untried (shutdown): no attempt is spent. */
-  | { readonly kind: 'released'; readonly detail: OutcomeDetail; readonly attemptSpent: boolean };
+  /**
+   * The worker gives the job back (shutdown, an open circuit breaker, a rate limit): untried, no
+   * attempt is spent. Due again at `retryAt`, or at once.
+   */
+  | {
+      readonly kind: 'released';
+      readonly detail: OutcomeDetail;
+      readonly attemptSpent: boolean;
+      readonly retryAt?: number;
+    };
 
 export interface OutcomeDetail {
   readonly code?: string;

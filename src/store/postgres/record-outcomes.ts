@@ -139,8 +139,13 @@ export function settle(outcome: Outcome, now: number): Settlement {
     case 'failed':
       return { ...base, status: 'failed', lastError: error, deadLetterReason: outcome.deadLetter ?? null };
     case 'released':
-      // Released untried: the attempt is given back. Due at once either way.
-      return { ...base, status: undefined, attemptsChange: outcome.attemptSpent ? 0 : -1, runAt: now };
+      // Released untried: the attempt is given back. Due at once, unless flow control said when.
+      return {
+        ...base,
+        status: undefined,
+        attemptsChange: outcome.attemptSpent ? 0 : -1,
+        runAt: outcome.retryAt ?? now,
+      };
   }
 }
 
@@ -197,7 +202,8 @@ async function recordInTransaction(
 
 function eventDetail(outcome: Outcome): Record<string, unknown> {
   const detail: Record<string, unknown> = { ...outcome.detail };
-  if (outcome.kind === 'deferred') detail.retry_at = new Date(outcome.retryAt).toISOString();
+  const retryAt = outcome.kind === 'deferred' || outcome.kind === 'released' ? outcome.retryAt : undefined;
+  if (retryAt !== undefined) detail.retry_at = new Date(retryAt).toISOString();
   return detail;
 }
 

@@ -341,7 +341,8 @@ export class SqliteStore implements Store {
     const update = outcomeUpdate(outcome, row.attempts, now);
     this.statements.settle.run({ ...update, id: jobId, now });
     const detail = { ...outcome.detail } as Record<string, unknown>;
-    if (outcome.kind === 'deferred') detail.retry_at = new Date(outcome.retryAt).toISOString();
+    const retryAt = outcome.kind === 'deferred' || outcome.kind === 'released' ? outcome.retryAt : undefined;
+    if (retryAt !== undefined) detail.retry_at = new Date(retryAt).toISOString();
     this.addEvent(jobId, update.event, now, row.attempts, detail);
     if (update.dead_letter_reason) {
       this.addEvent(jobId, 'dead_lettered', now, row.attempts, { reason: update.dead_letter_reason });
@@ -485,7 +486,7 @@ function outcomeUpdate(outcome: Outcome, attempts: number, now: number) {
         event: 'released' as const,
         status: remaining === 0 ? 'queued' : 'deferred',
         attempts: remaining,
-        run_at: now,
+        run_at: outcome.retryAt ?? now,
         dead_lettered_at: null,
       };
     }
