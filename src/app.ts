@@ -1,17 +1,25 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { ApiContext } from './api/api-context.js';
+import { ApiRateLimit } from './api/api-rate-limit.js';
 import { ApiKeyAuth } from './api/auth.js';
 import { buildServer } from './api/build-server.js';
 import { EmailIntake } from './api/email-intake.js';
 import type { Broker } from './broker/broker.js';
 import { DEFAULT_DISPATCHER_OPTIONS, OutboxDispatcher } from './broker/outbox-dispatcher.js';
-import { type Config, HOUR } from './config/config-schema.js';
+import { type Config, HOUR, SECOND } from './config/config-schema.js';
 import { parseMailbox } from './domain/validate-email.js';
 import { MailroomError } from './errors.js';
+import { AdaptiveRates } from './flow/adaptive-rates.js';
+import { CircuitBreaker } from './flow/circuit-breaker.js';
+import { FlowControl } from './flow/flow-control.js';
+import { MemoryRateLimiter } from './flow/memory-rate-limiter.js';
+import type { RateLimiter } from './flow/rate-limiter.js';
 import { DevInbox } from './inbox/dev-inbox.js';
-import { createBroker, createStore } from './select-adapters.js';
+import { createBroker, createRateLimiter, createStore } from './select-adapters.js';
 import type { Store } from './store/store.js';
+import { ChaosTransport } from './transport/chaos/chaos-transport.js';
+import { describeChaos } from './transport/chaos/parse-chaos.js';
 import { SesTransport } from './transport/ses/ses-transport.js';
 import { SmtpTransport } from './transport/smtp/smtp-transport.js';
 import type { Transport } from './transport/transport.js';
@@ -39,6 +47,8 @@ export interface App {
 const IDEMPOTENCY_TTL_MS = 24 * HOUR;
 const SCHEDULE_AHEAD_MAX_MS = 366 * 24 * HOUR;
 const MAX_RECIPIENTS = 50;
+/** The longest a claimed job waits in place for a transport token before it is handed back. */
+const MAX_TRANSPORT_WAIT_MS = 10 * SECOND;
 
 /** The one composition root: picks adapters from the configuration and wires them together. */
 export async function buildApp(
@@ -84,6 +94,17 @@ export async function buildApp(
       : undefined;
   let transport: Transport | undefined;
   let worker: Worker | undefined;
+  let flow: FlowControl | undefined;
+  // Rate limits are shared by every process of the shape (Redis, else PostgreSQL); each process
+  // also keeps buckets of its own to fall back on when the shared ones cannot be reached.
+  const needsLimiter = config.apiRatePerMin !== undefined || roles.worker;
+  const limiter = needsLimiter ? createRateLimiter(config) : undefined;
+  const fallbackLimiter = new MemoryRateLimiter();
+  const apiRateLimit =
+    config.apiRatePerMin !== undefined && limiter
+      ? new ApiRateLimit(config.apiRatePerMin, limiter, fallbackLimiter, logger)
+      : undefined;
+  const chaos = config.chaos ? describeChaos(config.chaos) : undefined;
   const intake = new EmailIntake(
     store,
     workAdded,
@@ -103,6 +124,11 @@ export async function buildApp(
     intake,
     auth: new ApiKeyAuth(config.apiKeys ?? []),
     inbox,
+    apiRateLimit,
+    get flow() {
+      return flow;
+    },
+    chaos,
     workAdded,
     validation,
     workerHealth: () =>
@@ -143,6 +169,14 @@ export async function buildApp(
               pool: config.smtpPool,
               timeoutMs: config.smtpTimeoutMs,
             });
+      if (config.chaos) {
+        transport = new ChaosTransport(transport, config.chaos);
+        logger.warn(
+          { chaos: chaos },
+          `!!! FAULT INJECTION IS ON (MAILROOM_CHAOS): ${chaos}. Sends through ${transport.name} will fail, be refused or slow down on purpose.`,
+        );
+      }
+      flow = buildFlowControl(config, transport.name, limiter!, fallbackLimiter, logger);
     }
     await broker.start();
     dispatcher?.start();
@@ -155,7 +189,7 @@ export async function buildApp(
       if (inbox) urls.inboxUrl = `${address}/inbox`;
     }
     if (roles.worker && transport) {
-      worker = new Worker(store, broker, transport, { ...config, workAdded }, logger);
+      worker = new Worker(store, broker, transport, { ...config, workAdded, flow }, logger);
       await worker.start();
     }
     return urls;
@@ -186,6 +220,7 @@ export async function buildApp(
       ['intake', () => intake.stop()],
       ['outbox dispatcher', () => dispatcher?.stop()],
       ['transport', () => transport?.close()],
+      ['rate limiter', () => limiter?.close()],
       ['broker', () => broker.close()],
       ['dev inbox', () => inbox?.close()],
       ['store', () => store.close()],
@@ -204,6 +239,53 @@ export async function buildApp(
     start,
     stop,
   };
+}
+
+/** The transport's circuit breaker, whose transitions are logged, and the send-side rate limits. */
+function buildFlowControl(
+  config: Config,
+  transportName: string,
+  limiter: RateLimiter,
+  fallbackLimiter: RateLimiter,
+  logger: Logger,
+): FlowControl {
+  const breaker = new CircuitBreaker(transportName, {
+    failures: config.breakerFailures,
+    openMs: config.breakerOpenMs,
+    halfOpenMax: config.breakerHalfOpenMax,
+    successes: config.breakerSuccesses,
+  });
+  breaker.onTransition((transition) => {
+    const line = {
+      breaker: transition.transport,
+      from: transition.from,
+      to: transition.to,
+      reason: transition.reason,
+    };
+    const message = `circuit breaker ${transition.transport}: ${transition.from} → ${transition.to} (${transition.reason})`;
+    if (transition.to === 'open')
+      logger.warn({ ...line, probe_at: new Date(transition.probeAt!).toISOString() }, message);
+    else logger.info(line, message);
+  });
+  return new FlowControl({
+    breaker,
+    limiter,
+    fallbackLimiter,
+    adaptive: new AdaptiveRates(),
+    ...(config.ratePerSec !== undefined && {
+      transportRate: {
+        ratePerSec: config.ratePerSec,
+        burst: config.rateBurst ?? Math.max(1, Math.ceil(config.ratePerSec)),
+      },
+    }),
+    domainRates: config.domainRates ?? { byDomain: new Map() },
+    // A job waits in place for a transport token while its lease still covers the longest send.
+    transportMaxWaitMs: Math.min(
+      MAX_TRANSPORT_WAIT_MS,
+      config.leaseMs - (config.transport === 'ses' ? config.sesTimeoutMs : config.smtpTimeoutMs) - SECOND,
+    ),
+    logger,
+  });
 }
 
 /** Runs each step in turn, even after one failed; logs each failure and rethrows the first. */

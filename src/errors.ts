@@ -24,6 +24,16 @@ export const ERROR_CODES = {
     status: 503,
     description: 'The backlog passed MAILROOM_MAX_BACKLOG; retry after the `Retry-After` seconds.',
   },
+  RATE_LIMITED: {
+    status: 429,
+    description:
+      'Over MAILROOM_API_RATE_PER_MIN for this API key: retry after the `Retry-After` seconds. In a job’s history: held back by MAILROOM_RATE_PER_SEC or MAILROOM_DOMAIN_RATES until `retry_at`, no attempt spent.',
+  },
+  CIRCUIT_OPEN: {
+    status: 0,
+    description:
+      'In a job’s history: the transport’s circuit breaker was open, so the job waits untried until `retry_at` (the next probe), no attempt spent.',
+  },
   SHUTTING_DOWN: { status: 503, description: 'The server is shutting down and takes no new work.' },
   STORE_UNAVAILABLE: {
     status: 503,
@@ -86,13 +96,21 @@ export class MailroomError extends Error {
   readonly code: ErrorCode;
   readonly status: number;
   readonly details: readonly FieldProblem[];
+  /** Sent as `Retry-After` when set: when the client may try again. */
+  readonly retryAfterSeconds: number | undefined;
 
-  constructor(code: ErrorCode, message: string, details: readonly FieldProblem[] = []) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    details: readonly FieldProblem[] = [],
+    options: { readonly retryAfterSeconds?: number } = {},
+  ) {
     super(message);
     this.name = 'MailroomError';
     this.code = code;
     this.status = ERROR_CODES[code].status;
     this.details = details;
+    this.retryAfterSeconds = options.retryAfterSeconds;
   }
 }
 

@@ -1,5 +1,5 @@
 /**
- * Which Store and Broker the configuration asks for. The only place that knows the adapters'
+ * Which Store, Broker and rate limiter the configuration asks for. The only place that knows the adapters'
  * classes; everything else sees the ports.
  */
 import type { Logger } from 'pino';
@@ -9,6 +9,10 @@ import { NatsBroker } from './broker/nats/nats-broker.js';
 import { RabbitMqBroker } from './broker/rabbitmq/rabbitmq-broker.js';
 import type { Config } from './config/config-schema.js';
 import { isNetworkBroker, sqlitePath, storeKind } from './config/load-config.js';
+import { MemoryRateLimiter } from './flow/memory-rate-limiter.js';
+import { PostgresRateLimiter } from './flow/postgres-rate-limiter.js';
+import type { RateLimiter } from './flow/rate-limiter.js';
+import { RedisRateLimiter } from './flow/redis-rate-limiter.js';
 import { PostgresStore } from './store/postgres/postgres-store.js';
 import { ThreadedSqliteStore } from './store/sqlite/threaded-sqlite-store.js';
 import type { Store } from './store/store.js';
@@ -52,4 +56,17 @@ export function createBroker(config: Config, store: Store, codec: MessageCodec, 
     codec,
     logger,
   });
+}
+
+/**
+ * Where rate-limit buckets live: Redis when MAILROOM_REDIS_URL is set, else PostgreSQL when that is
+ * the store (so several processes share one limit), else this process's memory (the embedded shape,
+ * where one process does all the sending).
+ */
+export function createRateLimiter(config: Config): RateLimiter {
+  if (config.redisUrl) return new RedisRateLimiter({ url: config.redisUrl });
+  if (storeKind(config) === 'postgres') {
+    return new PostgresRateLimiter({ url: config.databaseUrl!, schema: config.databaseSchema });
+  }
+  return new MemoryRateLimiter();
 }

@@ -181,7 +181,15 @@ describe('delivery through a real SMTP server on loopback', () => {
     const ready = await t.request('GET', '/ready');
     assert.equal(ready.statusCode, 200);
     const body = ready.json() as { components: Record<string, { ok: boolean }> };
-    assert.deepEqual(Object.keys(body.components).sort(), ['broker', 'store', 'transport', 'worker']);
+    assert.deepEqual(Object.keys(body.components).sort(), [
+      'broker',
+      'circuit_breaker',
+      'store',
+      'transport',
+      'worker',
+    ]);
+    // The breaker is reported, never a reason to be unready.
+    assert.deepEqual(body.components.circuit_breaker, { ok: true, detail: 'smtp: closed' });
     await waitFor('no jobs in flight', () => t.app.worker!.activeCount === 0);
   });
 });

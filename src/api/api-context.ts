@@ -1,9 +1,11 @@
 import type { Broker } from '../broker/broker.js';
 import type { Config } from '../config/config-schema.js';
 import type { ValidationContext } from '../domain/validate-email.js';
+import type { FlowControl } from '../flow/flow-control.js';
 import type { DevInbox } from '../inbox/dev-inbox.js';
 import type { Store } from '../store/store.js';
 import type { ComponentHealth, Transport } from '../transport/transport.js';
+import type { ApiRateLimit } from './api-rate-limit.js';
 import type { ApiKeyAuth } from './auth.js';
 import type { EmailIntake } from './email-intake.js';
 
@@ -16,6 +18,12 @@ export interface ApiContext {
   readonly intake: EmailIntake;
   readonly auth: ApiKeyAuth;
   readonly inbox: DevInbox | undefined;
+  /** MAILROOM_API_RATE_PER_MIN, when set. */
+  readonly apiRateLimit: ApiRateLimit | undefined;
+  /** The worker's circuit breaker and rate limits; undefined when this process runs no worker. */
+  readonly flow: FlowControl | undefined;
+  /** MAILROOM_CHAOS in words, when fault injection is on. */
+  readonly chaos: string | undefined;
   /** Jobs were committed (replayed, say): publish or pick them up now rather than at the next poll. */
   workAdded(): void;
   /** Limits and defaults for validating one request, `now` included. */

@@ -12,6 +12,7 @@ import { registerCompatRoutes } from './routes/compat-routes.js';
 import { registerDeadLetterRoutes } from './routes/dead-letter-routes.js';
 import { registerEmailRoutes } from './routes/email-routes.js';
 import { registerHealthRoutes } from './routes/health-routes.js';
+import { registerSystemRoutes } from './routes/system-routes.js';
 
 /** Routes that need an API key when keys are configured. */
 const PROTECTED_PREFIXES = ['/v1/', '/api/'];
@@ -72,6 +73,7 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
   await registerEmailRoutes(app, ctx);
   await registerDeadLetterRoutes(app, ctx);
   await registerCompatRoutes(app, ctx);
+  await registerSystemRoutes(app, ctx);
   if (ctx.inbox) await registerInboxRoutes(app, ctx.inbox, ctx.auth);
   return app;
 }

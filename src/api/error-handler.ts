@@ -42,7 +42,9 @@ export function handleError(error: FastifyError, request: FastifyRequest, reply:
   const mailroomError = toMailroomError(error);
   if (mailroomError.code === 'INTERNAL') request.log.error({ err: error }, 'unhandled error');
   else if (mailroomError.status >= 500) request.log.warn({ code: mailroomError.code }, mailroomError.message);
-  if (mailroomError.code === 'BACKLOG_FULL' || mailroomError.code === 'STORE_UNAVAILABLE') {
+  if (mailroomError.retryAfterSeconds !== undefined) {
+    void reply.header('retry-after', String(mailroomError.retryAfterSeconds));
+  } else if (mailroomError.code === 'BACKLOG_FULL' || mailroomError.code === 'STORE_UNAVAILABLE') {
     void reply.header('retry-after', '5');
   }
   // A client keeping its connection alive would come back to this instance, which is going away:

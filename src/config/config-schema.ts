@@ -4,6 +4,9 @@
  * docs/configuration.md lists exactly these variables with these defaults.
  */
 
+import { parseDomainRates } from '../flow/parse-rates.js';
+import { parseChaos } from '../transport/chaos/parse-chaos.js';
+
 export const SECOND = 1000;
 export const MINUTE = 60 * SECOND;
 export const HOUR = 60 * MINUTE;
@@ -27,6 +30,22 @@ function integer(min: number, max: number) {
     const value = Number(raw.trim());
     return Number.isSafeInteger(value) && value >= min && value <= max ? value : undefined;
   };
+}
+
+function decimal(min: number, max: number) {
+  return (raw: string): number | undefined => {
+    if (!/^\d+(\.\d+)?$/.test(raw.trim())) return undefined;
+    const value = Number(raw.trim());
+    return value >= min && value <= max ? value : undefined;
+  };
+}
+
+/**
+ * For values with a grammar of their own: the parser throws an Error that names the entry and the
+ * rule, and loadConfig reports that message instead of `expected`. Blank means unset.
+ */
+function throwing<T>(parse: (raw: string) => T) {
+  return (raw: string): T | undefined => (raw.trim() === '' ? undefined : parse(raw));
 }
 
 function text(maxLength = 2048) {
@@ -320,6 +339,79 @@ export const CONFIG_SCHEMA = {
     expected: 'an integer from 1 to 1000',
     description: 'Sends in flight per worker process (the SMTP pool size is separate).',
     parse: integer(1, 1000),
+  },
+  breakerFailures: {
+    env: 'MAILROOM_BREAKER_FAILURES',
+    default: '5',
+    expected: 'an integer from 1 to 1000',
+    description:
+      'Consecutive transient failures to reach the relay (refused, timed out, dropped) that open the transport’s circuit breaker.',
+    parse: integer(1, 1000),
+  },
+  breakerOpenMs: {
+    env: 'MAILROOM_BREAKER_OPEN_MS',
+    default: '30000',
+    expected: 'an integer from 100 to 3600000',
+    description:
+      'How long an open breaker holds sends back (jobs wait untried, no attempt spent) before letting probes through.',
+    parse: integer(100, 3_600_000),
+  },
+  breakerHalfOpenMax: {
+    env: 'MAILROOM_BREAKER_HALF_OPEN_MAX',
+    default: '3',
+    expected: 'an integer from 1 to 1000',
+    description: 'Probe sends in flight at once while the breaker is half-open.',
+    parse: integer(1, 1000),
+  },
+  breakerSuccesses: {
+    env: 'MAILROOM_BREAKER_SUCCESSES',
+    default: '2',
+    expected: 'an integer from 1 to 1000',
+    description: 'Successful probes that close a half-open breaker; one failed probe opens it again.',
+    parse: integer(1, 1000),
+  },
+  ratePerSec: {
+    env: 'MAILROOM_RATE_PER_SEC',
+    expected: 'a number from 0.001 to 1000000',
+    description:
+      'Sends per second through the transport, for all workers together (a token bucket; shared through Redis or PostgreSQL when scaled out). Unset: no limit.',
+    parse: decimal(0.001, 1_000_000),
+  },
+  rateBurst: {
+    env: 'MAILROOM_RATE_BURST',
+    expected: 'an integer from 1 to 1000000',
+    description:
+      'Sends the transport bucket allows at once after a quiet spell. Default: one second’s worth of MAILROOM_RATE_PER_SEC.',
+    parse: integer(1, 1_000_000),
+  },
+  domainRates: {
+    env: 'MAILROOM_DOMAIN_RATES',
+    expected: 'entries like gmail.com=20/s,yahoo.com=600/m,*=100/s',
+    description:
+      'Sends per second, minute or hour for each recipient domain; `*` sets every other domain’s own rate. A throttled domain is held back alone.',
+    parse: throwing(parseDomainRates),
+  },
+  apiRatePerMin: {
+    env: 'MAILROOM_API_RATE_PER_MIN',
+    expected: 'an integer from 1 to 10000000',
+    description:
+      'Emails each API key may submit per minute (any burst up to that); over it the API answers 429 with Retry-After. Unset: no limit.',
+    parse: integer(1, 10_000_000),
+  },
+  redisUrl: {
+    env: 'MAILROOM_REDIS_URL',
+    expected: 'a redis:// or rediss:// URL',
+    description:
+      'Where scaled-out processes share their rate limits. Unset: in PostgreSQL when the store is PostgreSQL, else in the process.',
+    parse: urlWithScheme('redis', 'rediss'),
+    secret: true,
+  },
+  chaos: {
+    env: 'MAILROOM_CHAOS',
+    expected: 'entries like downtime=300s/30s,error_rate=0.05,latency=200ms',
+    description:
+      'Fault injection for drills and demos: the transport fails, refuses or slows down as described. Off when unset; announced in the logs and /ready when on.',
+    parse: throwing(parseChaos),
   },
   pollIntervalMs: {
     env: 'MAILROOM_POLL_INTERVAL_MS',

@@ -14,10 +14,19 @@ export function loadConfig(env: Environment = process.env): Config {
   for (const [name, spec] of Object.entries(CONFIG_SCHEMA) as [string, VariableSpec<unknown>][]) {
     const raw = env[spec.env] ?? spec.default;
     if (raw === undefined || (raw === '' && spec.default === undefined)) continue;
-    const value = spec.parse(raw);
+    const shown = spec.secret ? '(hidden)' : JSON.stringify(raw);
+    let value: unknown;
+    try {
+      value = spec.parse(raw);
+    } catch (error) {
+      // A parser with a grammar of its own says which entry broke which rule.
+      const reason = (error as Error).message.replace(new RegExp(`^${spec.env}:\\s*`), '');
+      problems.push(`${spec.env}=${shown}: ${reason}`);
+      continue;
+    }
     if (value === undefined) {
-      const shown = spec.secret ? '(hidden)' : JSON.stringify(raw);
-      problems.push(`${spec.env}=${shown}: expected ${spec.expected}`);
+      if (raw.trim() !== '' || spec.default !== undefined)
+        problems.push(`${spec.env}=${shown}: expected ${spec.expected}`);
     } else {
       values[name] = value;
     }

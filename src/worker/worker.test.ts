@@ -8,11 +8,15 @@ import { SmtpSink } from '../../test/support/smtp-sink.js';
 import { waitFor } from '../../test/support/wait-for.js';
 import { EmbeddedBroker } from '../broker/embedded/embedded-broker.js';
 import type { NewJob } from '../domain/email.js';
+import { AdaptiveRates } from '../flow/adaptive-rates.js';
+import { CircuitBreaker } from '../flow/circuit-breaker.js';
+import { FlowControl } from '../flow/flow-control.js';
+import { MemoryRateLimiter } from '../flow/memory-rate-limiter.js';
 import { messageIdFor } from '../mime/message-id.js';
 import { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import type { Store } from '../store/store.js';
 import { SmtpTransport } from '../transport/smtp/smtp-transport.js';
-import { Worker } from './worker.js';
+import { Worker, type WorkerOptions } from './worker.js';
 
 const logger = pino({ level: 'silent' });
 const sink = new SmtpSink();
@@ -101,6 +105,7 @@ async function startRig(
   leaseMs: number,
   faults: (store: Store) => Store,
   log = logger,
+  extra: Partial<WorkerOptions> = {},
 ): Promise<Rig> {
   const real = new SqliteStore(join(dataDir, `${name}.db`));
   await real.migrate();
@@ -111,7 +116,7 @@ async function startRig(
     store,
     broker,
     transport,
-    { leaseMs, concurrency: 4, maxAttempts: 5, retryBaseMs: 50, retryMaxMs: 100 },
+    { leaseMs, concurrency: 4, maxAttempts: 5, retryBaseMs: 50, retryMaxMs: 100, ...extra },
     log,
   );
   return {
@@ -243,4 +248,39 @@ test('a consumer stopped while it looks for due jobs hands out nothing', async (
   } finally {
     await close();
   }
+});
+
+test('a job waiting in place for a rate-limit token when shutdown begins is given back, never sent late', async () => {
+  const flow = new FlowControl({
+    breaker: new CircuitBreaker('smtp', { failures: 5, openMs: 30_000, halfOpenMax: 3, successes: 2 }),
+    limiter: new MemoryRateLimiter(),
+    fallbackLimiter: new MemoryRateLimiter(),
+    adaptive: new AdaptiveRates(),
+    // One send a second, and room to wait in place for the next three tokens.
+    transportRate: { ratePerSec: 1, burst: 1 },
+    transportMaxWaitMs: 5_000,
+    domainRates: { byDomain: new Map() },
+    logger,
+  });
+  const rig = await startRig('flow-shutdown', 10_000, (store) => store, logger, { flow });
+  sink.reset();
+  const ids = [
+    '01a20000-0000-7000-8000-00000000f001',
+    '01a20000-0000-7000-8000-00000000f002',
+    '01a20000-0000-7000-8000-00000000f003',
+  ];
+  await rig.real.createJobs(ids.map(newJob));
+  await rig.worker.start();
+  await waitFor('the first email sent', () => sink.messages().length === 1);
+  await waitFor('the others waiting for tokens', () => rig.worker.activeCount === 2);
+  // The drain ends before their tokens come: they are given back for the next start.
+  await rig.worker.stop(100);
+  await sleep(2_500);
+  assert.equal(sink.messages().length, 1, 'nothing is sent after the drain gave the jobs back');
+  for (const id of ids.slice(1)) {
+    const job = await rig.real.getJob(id);
+    assert.equal(job?.status, 'queued', id);
+    assert.equal(job?.attempts, 0, id);
+  }
+  await rig.close();
 });

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Broker, Consumer, Delivery } from '../broker/broker.js';
 import type { Job, NewJob } from '../domain/email.js';
+import type { FlowControl, Gate } from '../flow/flow-control.js';
 import { buildMessage } from '../mime/build-message.js';
 import type {
   ClaimRequest,
@@ -21,6 +22,8 @@ export interface WorkerOptions extends RetryPolicy {
   readonly concurrency: number;
   /** Called after jobs from producers outside Mailroom were committed: wakes the outbox dispatcher. */
   readonly workAdded?: () => void;
+  /** The circuit breaker and rate limits every send passes; none: send at will. */
+  readonly flow?: FlowControl;
 }
 
 interface InFlight {
@@ -89,6 +92,9 @@ export class Worker {
   /** Outcomes recorded since the last throughput line. */
   private counts: Record<Outcome['kind'], number> = emptyCounts();
   private throughputTimer: NodeJS.Timeout | undefined;
+  /** Resolves when stop() is called: ends pauses early. */
+  private readonly stopped: Promise<void>;
+  private signalStopped!: () => void;
 
   constructor(
     private readonly store: Store,
@@ -100,6 +106,9 @@ export class Worker {
     this.claims = new Batcher((requests) => this.store.claimJobs(requests, Date.now()), MAX_BATCH);
     this.outcomes = new Batcher((outcomes) => this.store.recordOutcomes(outcomes, Date.now()), MAX_BATCH);
     this.creations = new Batcher((jobs) => this.store.createJobs(jobs), MAX_BATCH);
+    this.stopped = new Promise((resolve) => {
+      this.signalStopped = resolve;
+    });
   }
 
   get running(): boolean {
@@ -126,6 +135,7 @@ export class Worker {
   async stop(timeoutMs: number): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    this.signalStopped();
     clearInterval(this.throughputTimer);
     await this.consumer?.stop();
     const all = Promise.all([...this.inFlight.values()].map((entry) => entry.finished));
@@ -224,11 +234,56 @@ export class Worker {
     } catch (error) {
       return this.failInvalid(delivery, entry, job, error as Error, log);
     }
+    const gate = this.options.flow ? await this.options.flow.admit(message.envelope.to) : undefined;
+    if (gate && gate.kind !== 'go') return this.holdBack(delivery, entry, gate, log);
+    if (gate && (this.stopping || entry.done)) {
+      // Shutdown began while the job waited for a token: it must not be sent now, since the drain
+      // may already have given it back (done) for the next start to send.
+      gate.cancel();
+      if (!entry.done)
+        await this.record(
+          entry,
+          { kind: 'released', attemptSpent: false, detail: { reason: 'shutdown' } },
+          log,
+        );
+      return delivery.ack();
+    }
     entry.sending = true;
     const result = await this.transport.send(message);
-    const outcome = decideOutcome(result, job.attempts, this.options, Date.now());
+    const flowDetail = gate?.done(result);
+    const decided = decideOutcome(result, job.attempts, this.options, Date.now());
+    const outcome = flowDetail ? { ...decided, detail: { ...decided.detail, ...flowDetail } } : decided;
     if (!(await this.record(entry, outcome, log))) return delivery.ack();
     await this.settle(delivery, outcome);
+  }
+
+  /**
+   * Flow control says not now: give the job back untried until `retryAt` (the history says why). For
+   * an open circuit breaker, keep this delivery's slot until then as well, so the worker stops taking
+   * work it cannot send instead of cycling through the queue; shutdown ends the wait at once.
+   */
+  private async holdBack(
+    delivery: Delivery,
+    entry: InFlight,
+    gate: Exclude<Gate, { kind: 'go' }>,
+    log: Logger,
+  ): Promise<void> {
+    const outcome: Outcome = {
+      kind: 'released',
+      attemptSpent: false,
+      retryAt: gate.retryAt,
+      detail: gate.detail,
+    };
+    if (!(await this.record(entry, outcome, log))) return delivery.ack();
+    if (gate.kind === 'circuit_open') await this.pauseUntil(gate.retryAt);
+    await delivery.retryLater(Math.max(0, gate.retryAt - Date.now()));
+  }
+
+  /** Sleeps until `at`, or until stop() is called. */
+  private async pauseUntil(at: number): Promise<void> {
+    while (!this.stopping && Date.now() < at) {
+      await Promise.race([sleep(Math.min(at - Date.now(), 1000)), this.stopped]);
+    }
   }
 
   /**
@@ -311,6 +366,9 @@ export class Worker {
     if (!accepted)
       log.warn({ outcome: outcome.kind }, 'result rejected: the lease was lost to another worker');
     else if (outcome.kind === 'sent') log.debug({ response: outcome.detail.response }, 'sent');
+    // Routine under a rate limit, and counted in the throughput line: one line per job would flood.
+    else if (outcome.detail.code === 'RATE_LIMITED')
+      log.debug({ limit: outcome.detail.limit }, 'rate limited: handed back untried');
     else
       log.info(
         { outcome: outcome.kind, code: outcome.detail.code, error: outcome.detail.message },
@@ -364,6 +422,7 @@ export class Worker {
         sent_per_sec: sent * perSecond,
         deferred_per_sec: deferred * perSecond,
         failed_per_sec: failed * perSecond,
+        held_back_per_sec: released * perSecond,
         in_flight: this.inFlight.size,
       },
       'throughput',

@@ -110,6 +110,14 @@ describe('SmtpSink', () => {
     assert.equal(sink.attempts['tempfail-rcpt'], 1);
   });
 
+  test('throttle-rcpt answers 421 4.7.0 at RCPT TO: nodemailer reports it with the command', async () => {
+    await sink.setBehaviour('throttle-rcpt');
+    const failure = await sendFailure(sink.port);
+    assert.equal(failure.responseCode, 421);
+    assert.equal(failure.command, 'RCPT TO');
+    assert.equal(sink.attempts['throttle-rcpt'], 1);
+  });
+
   test('permfail answers 550 5.1.1 at RCPT TO: nodemailer reports EENVELOPE', async () => {
     await sink.setBehaviour('permfail');
     const failure = await sendFailure(sink.port);
@@ -267,6 +275,7 @@ describe('SmtpSink', () => {
       accept: 1,
       tempfail: 1,
       'tempfail-rcpt': 0,
+      'throttle-rcpt': 0,
       permfail: 1,
       'permfail-data': 0,
       stall: 0,

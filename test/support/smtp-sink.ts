@@ -7,6 +7,7 @@ import { SMTPServer } from 'smtp-server';
  * - `accept`: 250 at the end of DATA, the message is recorded.
  * - `tempfail`: 451 4.3.0 at the end of DATA.
  * - `tempfail-rcpt`: 450 4.2.0 at RCPT TO.
+ * - `throttle-rcpt`: 421 4.7.0 "try again later" at RCPT TO, as a provider throttling a sender does.
  * - `permfail`: 550 5.1.1 at RCPT TO.
  * - `permfail-data`: 554 5.7.1 at the end of DATA.
  * - `stall`: the end of DATA is never answered until the behaviour changes or the sink closes.
@@ -21,6 +22,7 @@ export type SinkBehaviour =
   | 'accept'
   | 'tempfail'
   | 'tempfail-rcpt'
+  | 'throttle-rcpt'
   | 'permfail'
   | 'permfail-data'
   | 'stall'
@@ -60,6 +62,7 @@ export const SINK_BEHAVIOURS: readonly SinkBehaviour[] = [
   'accept',
   'tempfail',
   'tempfail-rcpt',
+  'throttle-rcpt',
   'permfail',
   'permfail-data',
   'stall',
@@ -71,6 +74,7 @@ export const SINK_BEHAVIOURS: readonly SinkBehaviour[] = [
 const REJECTIONS: Partial<Record<SinkBehaviour, { readonly code: number; readonly text: string }>> = {
   tempfail: { code: 451, text: '4.3.0 Temporary failure, try again later' },
   'tempfail-rcpt': { code: 450, text: '4.2.0 Mailbox temporarily unavailable' },
+  'throttle-rcpt': { code: 421, text: '4.7.0 Too many messages from you, try again later' },
   permfail: { code: 550, text: '5.1.1 No such user' },
   'permfail-data': { code: 554, text: '5.7.1 Message rejected' },
 };
@@ -114,6 +118,7 @@ function emptyAttempts(): Record<SinkBehaviour, number> {
     accept: 0,
     tempfail: 0,
     'tempfail-rcpt': 0,
+    'throttle-rcpt': 0,
     permfail: 0,
     'permfail-data': 0,
     stall: 0,
@@ -373,7 +378,9 @@ export class SmtpSink {
       return;
     }
     const rejection =
-      behaviour === 'tempfail-rcpt' || behaviour === 'permfail' ? REJECTIONS[behaviour] : undefined;
+      behaviour === 'tempfail-rcpt' || behaviour === 'throttle-rcpt' || behaviour === 'permfail'
+        ? REJECTIONS[behaviour]
+        : undefined;
     if (rejection !== undefined) {
       this.count(behaviour);
       callback(smtpError(rejection.code, rejection.text));

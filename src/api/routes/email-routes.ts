@@ -129,6 +129,8 @@ export async function acceptEmail(
   validated: ValidationResult<ValidatedEmail>,
   present: (accepted: { id: string; status: string }) => unknown = ({ id, status }) => ({ id, status }),
 ) {
+  // Before validation: a client sending malformed requests in a loop is held to the limit too.
+  await ctx.apiRateLimit?.check(request.authScope);
   if (!validated.ok) {
     const error = validationError(validated.problems);
     if (validated.tooLarge) throw new MailroomError('PAYLOAD_TOO_LARGE', error.message, validated.problems);

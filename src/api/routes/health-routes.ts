@@ -27,6 +27,17 @@ export async function registerHealthRoutes(app: FastifyInstance, ctx: ApiContext
       const worker = ctx.workerHealth();
       if (worker) components.worker = worker;
       if (ctx.transport) components.transport = await safely(() => ctx.transport!.health());
+      if (ctx.flow) {
+        // Reported, not judged: an open breaker means the relay is down, and the API should still
+        // take email meanwhile; the transport check above already says whether it answers.
+        const breaker = ctx.flow.breakerSnapshot();
+        components.circuit_breaker = {
+          ok: true,
+          detail: `${breaker.transport}: ${breaker.state.replace('_', '-')}`,
+        };
+      }
+      if (ctx.chaos)
+        components.chaos = { ok: true, detail: `fault injection is ON (MAILROOM_CHAOS): ${ctx.chaos}` };
       if (ctx.isDraining()) components.server = { ok: false, detail: 'shutting down' };
       const ready = Object.values(components).every((component) => component.ok);
       return reply.status(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not_ready', components });
