@@ -60,7 +60,9 @@ for (const limiter of ['redis', 'postgres'] as const) {
       const from = times[0]! + 1000;
       const inWindow = times.filter((at) => at >= from && at < from + 5000).length;
       const expected = RATE * 5;
-      t.diagnostic(`${limiter}: ${inWindow} sent in the 5 s window (expected ${expected}); all ${EMAILS} in ${times.at(-1)! - times[0]!} ms`);
+      t.diagnostic(
+        `${limiter}: ${inWindow} sent in the 5 s window (expected ${expected}); all ${EMAILS} in ${times.at(-1)! - times[0]!} ms`,
+      );
       assert.ok(
         Math.abs(inWindow - expected) <= expected * 0.1,
         `${inWindow} sent in 5 s, expected ${expected} ± 10% (each worker alone at ${RATE}/s would send twice that)`,
