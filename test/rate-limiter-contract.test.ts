@@ -11,7 +11,6 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { createServer, type Server, type Socket } from 'node:net';
 import { after, afterEach, beforeEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
@@ -22,6 +21,7 @@ import type { BucketSpec, RateLimiter } from '../src/flow/rate-limiter.js';
 import { RateLimiterUnavailableError } from '../src/flow/rate-limiter.js';
 import { RedisRateLimiter } from '../src/flow/redis-rate-limiter.js';
 import { PostgresStore } from '../src/store/postgres/postgres-store.js';
+import { closedPort, silentServer } from './support/dead-servers.js';
 import { POSTGRES_URL, REDIS_URL, serviceAvailable } from './support/services.js';
 
 const RUN = randomBytes(4).toString('hex');
@@ -302,33 +302,6 @@ rateLimiterContract({
 
 // ---- What only the shared adapters promise ------------------------------------------------------
 
-/** A port with a listener that accepts connections and never answers: a server gone quiet. */
-async function silentServer(): Promise<{ url: (scheme: string) => string; close(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on('error', () => {});
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  return {
-    url: (scheme) => `${scheme}://127.0.0.1:${port}`,
-    close: () => {
-      for (const socket of sockets) socket.destroy();
-      return new Promise((resolve) => server.close(() => resolve()));
-    },
-  };
-}
-
-/** A port nothing listens on. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
 function sharedContract(name: string, skip: boolean, open: () => RateLimiter): void {
   describe(`RateLimiter shared state: ${name}`, { skip }, () => {
     test('two limiters hammering one key never grant more than burst + rate × elapsed', async () => {
@@ -403,7 +376,7 @@ function sharedContract(name: string, skip: boolean, open: () => RateLimiter): v
         await assert.rejects(limiter.take([bucket(1, 1)], 0), RateLimiterUnavailableError);
       } finally {
         await limiter.close();
-        await silent.close();
+        await silent.stop();
       }
     });
   });

@@ -7,7 +7,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, beforeEach, describe, test } from 'node:test';
@@ -17,6 +16,7 @@ import { MIGRATIONS } from '../src/store/postgres/migrations.js';
 import { PostgresStore, type PostgresStoreOptions } from '../src/store/postgres/postgres-store.js';
 import { ThreadedSqliteStore } from '../src/store/sqlite/threaded-sqlite-store.js';
 import type { ClaimResult, Outcome, Store } from '../src/store/store.js';
+import { closedPort, silentServer } from './support/dead-servers.js';
 import { POSTGRES_URL, serviceAvailable } from './support/services.js';
 
 /** The suite's clock: every time is explicit, far from the real one. */
@@ -1389,7 +1389,7 @@ describe('PostgreSQL store only', { skip: !postgresUp }, () => {
 
     test('a server that accepts and never answers: calls reject after the connect timeout, health sooner', async () => {
       const silent = await silentServer();
-      const url = `postgres://postgres@127.0.0.1:${(silent.address() as { port: number }).port}/test`;
+      const url = `postgres://postgres@127.0.0.1:${silent.port}/test`;
       const quick = new PostgresStore({ url, schema: 'unused', connectTimeoutMs: 1000 });
       // Its connection attempt outlasts the health probe's own limit, and not by much: close() waits for it.
       const patient = new PostgresStore({ url, schema: 'unused', connectTimeoutMs: 2500 });
@@ -1504,28 +1504,4 @@ async function waitForWaitingClaim(schema: string): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   throw new Error('the claim never waited for the lock');
-}
-
-/** A port on loopback where nothing listens. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-/** A TCP server that accepts connections and never says a word: a hung server, or a black hole. */
-async function silentServer(): Promise<Server & { stop(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on('error', () => {});
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const stop = async () => {
-    for (const socket of sockets) socket.destroy();
-    await new Promise((resolve) => server.close(resolve));
-  };
-  return Object.assign(server, { stop });
 }
