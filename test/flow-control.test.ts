@@ -30,6 +30,7 @@ describe('circuit breaker: the relay goes down for 10 s in the middle of 300 ema
   before(async () => {
     t = await startTestApp(
       {
+        MAILROOM_BREAKER_FAILURES: '5',
         MAILROOM_BREAKER_OPEN_MS: '3000',
         MAILROOM_CONCURRENCY: '16',
         // Backoff short enough that, without the breaker, every email in the outage would use up
@@ -188,7 +189,12 @@ describe('adaptive rates: a relay answering 421 to one domain', () => {
     const sink = new SmtpSink({
       behaviour: ({ rcpt }) => (domainOf(rcpt) === 'busy.test' ? 'throttle-rcpt' : 'accept'),
     });
-    t = await startTestApp({ MAILROOM_DOMAIN_RATES: '*=40/s' }, sink, 'embedded');
+    // The breaker at its default, to show that "try later" replies do not count for it.
+    t = await startTestApp(
+      { MAILROOM_DOMAIN_RATES: '*=40/s', MAILROOM_BREAKER_FAILURES: '5' },
+      sink,
+      'embedded',
+    );
   });
   after(() => t?.stop());
 

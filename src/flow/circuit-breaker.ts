@@ -146,7 +146,7 @@ export class CircuitBreaker {
     }
     this.consecutiveFailures++;
     if (this.consecutiveFailures >= this.options.failures) {
-      this.open(`${this.consecutiveFailures} consecutive failures`);
+      this.open(plural(this.consecutiveFailures, 'consecutive failure'));
     }
   }
 
@@ -157,7 +157,7 @@ export class CircuitBreaker {
       return;
     }
     if (verdict === 'success' && ++this.probeSuccesses >= this.options.successes) {
-      this.moveTo('closed', `${this.probeSuccesses} probes succeeded`);
+      this.moveTo('closed', `${plural(this.probeSuccesses, 'probe')} succeeded`);
       return;
     }
     this.wakeWaiters();
@@ -214,4 +214,8 @@ export class CircuitBreaker {
       return generation === this.generation ? undefined : this.lastTransition;
     };
   }
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
 }

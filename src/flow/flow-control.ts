@@ -61,8 +61,6 @@ export type Gate =
 export const MAX_WAIT_IN_PLACE_MS = 250;
 /** While half-open with every probe slot taken, wait this long at most for a slot before handing back. */
 const PROBE_SLOT_WAIT_MS = 2_000;
-/** The rate a domain with no configured rate falls to once its relay throttles it. */
-export const UNCONFIGURED_DOMAIN_RATE = 20;
 /** How often a failing shared limiter is reported in the log. */
 const LIMITER_ERROR_LOG_MS = 10_000;
 
@@ -163,7 +161,7 @@ export class FlowControl {
     const adapted = adaptive.entries();
     const domains = new Set([...domainRates.byDomain.keys()]);
     for (const entry of adapted) if (entry.key.startsWith('domain:')) domains.add(entry.key.slice(7));
-    const domainBuckets = [...domains].sort().map((domain) => this.domainBucket(domain)!);
+    const domainBuckets = [...domains].sort().flatMap((domain) => this.domainBucket(domain) ?? []);
     const transportBucket = this.transportBucket();
     const all = [...(transportBucket ? [transportBucket] : []), ...domainBuckets];
     const levels = await this.options.limiter.levels(all).catch(() => all.map(() => Number.NaN));
@@ -209,11 +207,12 @@ export class FlowControl {
   /** Lowers the rate of what a "try later" reply concerns. */
   private adapt(recipients: readonly string[], result: SendResult): void {
     if (result.kind !== 'transient' || !result.throttle) return;
-    const keys =
+    // Only a rate in force can be lowered: with none configured, backoff is what slows retries.
+    const buckets =
       result.throttle === 'transport'
-        ? [`transport:${this.options.breaker.transport}`]
-        : [...domainsOf(recipients)].map((domain) => `domain:${domain}`);
-    for (const key of keys) {
+        ? [this.transportBucket()]
+        : [...domainsOf(recipients)].map((domain) => this.domainBucket(domain));
+    for (const key of buckets.flatMap((bucket) => bucket?.key ?? [])) {
       const factor = this.options.adaptive.throttled(key, result.message.slice(0, 200));
       if (factor !== undefined) {
         this.options.logger.warn(
@@ -228,25 +227,21 @@ export class FlowControl {
     return [...domainsOf(recipients)].flatMap((domain) => this.domainBucket(domain) ?? []);
   }
 
+  /** The transport's bucket, lowered by the adaptive factor; none without MAILROOM_RATE_PER_SEC. */
   private transportBucket(): BucketSpec | undefined {
+    const configured = this.options.transportRate;
+    if (!configured) return undefined;
     const key = `transport:${this.options.breaker.transport}`;
     const factor = this.options.adaptive.factor(key);
-    const configured = this.options.transportRate;
-    if (!configured && factor >= 1) return undefined;
-    // Throttled with no configured rate: start from the fallback so that there is a rate to lower.
-    const { ratePerSec, burst } = configured ?? {
-      ratePerSec: UNCONFIGURED_DOMAIN_RATE,
-      burst: UNCONFIGURED_DOMAIN_RATE,
-    };
-    return { key, ratePerSec: ratePerSec * factor, burst: Math.max(1, burst * factor) };
+    return { key, ratePerSec: configured.ratePerSec * factor, burst: Math.max(1, configured.burst * factor) };
   }
 
+  /** A domain's bucket, lowered by the adaptive factor; none when neither it nor `*` has a rate. */
   private domainBucket(domain: string): BucketSpec | undefined {
-    const key = `domain:${domain}`;
-    const factor = this.options.adaptive.factor(key);
     const configured = this.options.domainRates.byDomain.get(domain) ?? this.options.domainRates.fallback;
-    if (configured === undefined && factor >= 1) return undefined;
-    const ratePerSec = (configured ?? UNCONFIGURED_DOMAIN_RATE) * factor;
+    if (configured === undefined) return undefined;
+    const key = `domain:${domain}`;
+    const ratePerSec = configured * this.options.adaptive.factor(key);
     return { key, ratePerSec, burst: Math.max(1, ratePerSec) };
   }
 

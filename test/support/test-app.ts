@@ -47,6 +47,9 @@ export const FAST_ENV: Record<string, string> = {
   MAILROOM_LEASE_MS: '4000',
   MAILROOM_POLL_INTERVAL_MS: '20',
   MAILROOM_SHUTDOWN_TIMEOUT_MS: '2000',
+  // These suites test retries, ordering and timeouts one failure at a time; a circuit breaker opening
+  // on a run of injected failures would hold everything for 30 s. flow-control.test.ts tests it.
+  MAILROOM_BREAKER_FAILURES: '1000',
 };
 
 /**
