@@ -59,6 +59,23 @@ export interface EmailContent {
   readonly html?: string;
   /** Custom headers, names as given, values free of CR/LF/NUL. */
   readonly headers: Readonly<Record<string, string>>;
+  /** Absent when the email has none (so stored emails without any keep their JSON). */
+  readonly attachments?: readonly Attachment[];
+}
+
+/**
+ * A file sent with an email. The content is held as the client sent it: canonical base64, checked
+ * at the API, so the MIME builder only folds it into lines and never decodes or reads anything.
+ */
+export interface Attachment {
+  /** A file name, not a path: no CR, LF, NUL or other control characters, no / or \. */
+  readonly filename: string;
+  /** `type/subtype`, e.g. `application/pdf`. */
+  readonly contentType: string;
+  /** Canonical base64 (RFC 4648, padded, one line). */
+  readonly content: string;
+  /** Present for an inline part, referenced from the HTML as `cid:<contentId>`. */
+  readonly contentId?: string;
 }
 
 /** Everything needed to create a job, prepared by the API before the store commits it. */

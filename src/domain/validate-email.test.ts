@@ -749,6 +749,156 @@ describe('isValidIdempotencyKey', () => {
     test(`rejects ${JSON.stringify(key.slice(0, 40))}`, () => assert.ok(!isValidIdempotencyKey(key)));
 });
 
+describe('attachments', () => {
+  const file = {
+    filename: 'report.pdf',
+    content: Buffer.from('%PDF-1.7').toString('base64'),
+    content_type: 'application/pdf',
+  };
+  const withAttachments = (attachments: unknown) => ({ ...minimal, attachments });
+
+  /** Asserts exactly one problem, the expected field and rule, and returns its message. */
+  function refusedWith(attachments: unknown, field: string, rule: string): string {
+    const result = send(withAttachments(attachments));
+    assert.ok(!result.ok, `refused: ${JSON.stringify(attachments).slice(0, 80)}`);
+    const found = result.problems.filter((p) => p.field === field && p.rule === rule);
+    assert.equal(found.length, 1, `${field}/${rule} in ${JSON.stringify(result.problems)}`);
+    return found[0]!.message ?? '';
+  }
+
+  test('valid attachments are kept as sent, content_id only when given', () => {
+    const inline = {
+      filename: 'Grüße 😀.png',
+      content: 'iVBORw0KGgo=',
+      content_type: 'image/png',
+      content_id: 'logo@acme.test',
+    };
+    const result = send(withAttachments([file, inline, { ...file, content: '' }]));
+    assert.ok(result.ok, JSON.stringify(!result.ok && result.problems));
+    assert.deepEqual(result.value.content.attachments, [
+      { filename: 'report.pdf', contentType: 'application/pdf', content: file.content },
+      {
+        filename: 'Grüße 😀.png',
+        contentType: 'image/png',
+        content: 'iVBORw0KGgo=',
+        contentId: 'logo@acme.test',
+      },
+      { filename: 'report.pdf', contentType: 'application/pdf', content: '' },
+    ]);
+  });
+
+  test('an email without attachments has no attachments key (stored content stays as it was)', () => {
+    for (const attachments of [undefined, []]) {
+      const result = send(withAttachments(attachments));
+      assert.ok(result.ok);
+      assert.equal('attachments' in result.value.content, false);
+    }
+  });
+
+  test('content must be canonical base64; paths, URLs and data: URLs are refused with a hint', () => {
+    const cases: [string, RegExp][] = [
+      ['/etc/passwd', /file path/],
+      ['./secrets.txt', /file path/],
+      ['C:\\Users\\me\\report.pdf', /file path/],
+      ['file:///etc/passwd', /URL/],
+      ['https://example.com/logo.png', /URL/],
+      ['data:image/png;base64,iVBORw0KGgo=', /data: URL/],
+      ['aGVs\nbG8=', /line breaks/],
+      ['-_-_', /URL-safe/],
+      ['QR==', /canonical/],
+      ['aGVsbG8', /not base64/],
+      ['aGVsbG8=!', /not base64/],
+    ];
+    for (const [content, hint] of cases) {
+      assert.match(refusedWith([{ ...file, content }], 'attachments[0].content', 'encoding'), hint, content);
+    }
+  });
+
+  test('path, href and other ways to point at content are unknown fields that say why', () => {
+    for (const key of ['path', 'href', 'url', 'raw']) {
+      const message = refusedWith(
+        [{ ...file, [key]: '/etc/passwd' }],
+        `attachments[0].${key}`,
+        'unknown_field',
+      );
+      assert.match(message, /never reads files or URLs/);
+    }
+    assert.match(
+      refusedWith([{ ...file, contentType: 'x/y' }], 'attachments[0].contentType', 'unknown_field'),
+      /did you mean content_type/,
+    );
+  });
+
+  test('missing and mistyped fields', () => {
+    refusedWith(
+      [{ content: file.content, content_type: 'text/plain' }],
+      'attachments[0].filename',
+      'required',
+    );
+    refusedWith([{ filename: 'a', content_type: 'text/plain' }], 'attachments[0].content', 'required');
+    refusedWith([{ filename: 'a', content: 'AAAA' }], 'attachments[0].content_type', 'required');
+    refusedWith([{ ...file, content: 42 }], 'attachments[0].content', 'type');
+    refusedWith([{ ...file, content_id: 7 }], 'attachments[0].content_id', 'type');
+    refusedWith(['/etc/passwd'], 'attachments[0]', 'type');
+    refusedWith(file, 'attachments', 'type');
+  });
+
+  test('file names: no CR/LF/NUL, no control characters, no paths, not empty, at most 255 characters', () => {
+    refusedWith(
+      [{ ...file, filename: 'a\r\nContent-Type: text/html' }],
+      'attachments[0].filename',
+      'no_crlf',
+    );
+    refusedWith([{ ...file, filename: 'nul\0.pdf' }], 'attachments[0].filename', 'no_crlf');
+    refusedWith([{ ...file, filename: 'tab\t.pdf' }], 'attachments[0].filename', 'pattern');
+    refusedWith([{ ...file, filename: '../../etc/passwd' }], 'attachments[0].filename', 'pattern');
+    refusedWith([{ ...file, filename: ' ' }], 'attachments[0].filename', 'min_length');
+    refusedWith([{ ...file, filename: `${'ä'.repeat(252)}.pdf` }], 'attachments[0].filename', 'max_length');
+    assert.ok(send(withAttachments([{ ...file, filename: `${'ä'.repeat(251)}.pdf` }])).ok, '255 is accepted');
+  });
+
+  test('content_type must be type/subtype; multipart/ and message/ are refused', () => {
+    for (const type of ['pdf', 'application/pdf; charset=x', 'text/html\r\nX: y', 'a/b/c', '/x']) {
+      refusedWith([{ ...file, content_type: type }], 'attachments[0].content_type', 'mime_type');
+    }
+    refusedWith([{ ...file, content_type: 'multipart/mixed' }], 'attachments[0].content_type', 'mime_type');
+    refusedWith([{ ...file, content_type: 'message/rfc822' }], 'attachments[0].content_type', 'mime_type');
+  });
+
+  test('content_id: no brackets, spaces or CR/LF, unique within the email', () => {
+    refusedWith([{ ...file, content_id: '<logo@acme>' }], 'attachments[0].content_id', 'pattern');
+    refusedWith([{ ...file, content_id: 'a b' }], 'attachments[0].content_id', 'pattern');
+    refusedWith([{ ...file, content_id: 'a\r\nb' }], 'attachments[0].content_id', 'no_crlf');
+    refusedWith([{ ...file, content_id: '' }], 'attachments[0].content_id', 'min_length');
+    const twice = [
+      { ...file, content_id: 'logo' },
+      { ...file, content_id: 'logo' },
+    ];
+    refusedWith(twice, 'attachments[1].content_id', 'duplicate');
+  });
+
+  test('at most 20 attachments', () => {
+    assert.ok(send(withAttachments(Array.from({ length: 20 }, () => file))).ok);
+    refusedWith(
+      Array.from({ length: 21 }, () => file),
+      'attachments',
+      'max_items',
+    );
+  });
+
+  test('decoded attachment bytes count in MAILROOM_MAX_MESSAGE_BYTES, with the text', () => {
+    const text = 'x'.repeat(1000);
+    // Subject (5 bytes) and text (1000) leave this much for the attachment; one byte more is over.
+    const fits = Buffer.alloc(ctx.maxMessageBytes - 1000 - 5).toString('base64');
+    assert.ok(send({ ...minimal, text, attachments: [{ ...file, content: fits }] }).ok);
+    const over = Buffer.alloc(ctx.maxMessageBytes - 1000 - 5 + 1).toString('base64');
+    const result = send({ ...minimal, text, attachments: [{ ...file, content: over }] });
+    assert.ok(!result.ok && result.tooLarge);
+    assert.equal(result.problems[0]?.field, 'body');
+    assert.match(result.problems[0]?.message ?? '', /attachments/);
+  });
+});
+
 describe('FIELD_RULES', () => {
   test('every rule has a one-line description', () => {
     for (const [rule, description] of Object.entries(FIELD_RULES)) {

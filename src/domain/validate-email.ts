@@ -2,6 +2,8 @@ import { domainToASCII } from 'node:url';
 import type { FieldProblem } from '../errors.js';
 import type { EmailContent, Mailbox, Priority } from './email.js';
 import { PRIORITIES } from './email.js';
+import { attachmentBytes, readAttachments } from './validate-attachments.js';
+import { charLength, hasControlChar, hasCrlfOrNul, isPlainObject, jsonType } from './value-checks.js';
 
 /**
  * Every rule a validation problem can name, with what it means. Names are stable: clients match on them,
@@ -16,7 +18,7 @@ export const FIELD_RULES = {
   max_length: 'The value is longer than allowed.',
   min_length: 'The value is shorter than allowed (usually: empty).',
   no_crlf:
-    'A CR, LF or NUL character appears in an address, display name, subject, header, tag or metadata entry.',
+    'A CR, LF or NUL character appears in an address, display name, subject, header, tag, metadata entry, attachment file name or Content-ID.',
   max_recipients: 'to, cc and bcc together name more addresses than the server allows.',
   body_required: 'The email needs a non-empty `text` or `html` body (or both).',
   enum: 'The value is not one of the allowed values.',
@@ -26,8 +28,15 @@ export const FIELD_RULES = {
   reserved_header:
     'The header is set by Mailroom itself (From, To, Subject, Message-ID, Date, …) and cannot be given.',
   max_items: 'The list or object has more entries than allowed.',
-  pattern: 'The value contains characters that are not allowed (tags: letters, digits and `_ . : -`).',
-  too_large: 'Subject, bodies and headers together are larger than MAILROOM_MAX_MESSAGE_BYTES.',
+  pattern:
+    'The value contains characters that are not allowed (tags: letters, digits and `_ . : -`; attachment file names: no control characters, no `/` or `\\`; Content-IDs: no spaces or `< >`).',
+  too_large:
+    'Subject, bodies, headers and attachments (decoded) together are larger than MAILROOM_MAX_MESSAGE_BYTES.',
+  encoding:
+    "An attachment's content is not canonical base64 (RFC 4648, padded, on one line). File paths, URLs and data: URLs are refused: Mailroom never reads files or fetches content.",
+  mime_type:
+    'The value is not a MIME type `type/subtype` without parameters (multipart/ and message/ are refused).',
+  duplicate: "The value must be unique within the email (an attachment's content_id).",
 } as const satisfies Record<string, string>;
 
 export type FieldRule = keyof typeof FIELD_RULES;
@@ -37,7 +46,7 @@ export interface ValidationContext {
   defaultFrom?: string;
   /** Limit on to + cc + bcc. */
   maxRecipients: number;
-  /** Limit on the UTF-8 size of subject, text, html and headers together. */
+  /** Limit on the UTF-8 size of subject, text, html and headers, plus decoded attachments, together. */
   maxMessageBytes: number;
   /** Epoch ms. */
   now: number;
@@ -75,6 +84,7 @@ const SEND_FIELDS = new Set([
   'metadata',
   'priority',
   'send_at',
+  'attachments',
 ]);
 const COMPAT_FIELDS = new Set(['to', 'subject', 'body']);
 
@@ -139,32 +149,6 @@ class Problems {
 // ---------------------------------------------------------------------------------------------------------
 // Characters
 
-function hasCrlfOrNul(s: string): boolean {
-  return s.includes('\r') || s.includes('\n') || s.includes('\0');
-}
-
-function hasControlChar(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const code = s.charCodeAt(i);
-    if (code < 0x20 || code === 0x7f) return true;
-  }
-  return false;
-}
-
-/** Length in Unicode code points, so an emoji counts once. */
-function charLength(s: string): number {
-  let n = 0;
-  for (let i = 0; i < s.length; i++) {
-    const code = s.charCodeAt(i);
-    if (code >= 0xd800 && code <= 0xdbff && i + 1 < s.length) {
-      const next = s.charCodeAt(i + 1);
-      if (next >= 0xdc00 && next <= 0xdfff) i++;
-    }
-    n++;
-  }
-  return n;
-}
-
 function isAlnum(code: number): boolean {
   return (code >= 0x30 && code <= 0x39) || (code >= 0x41 && code <= 0x5a) || (code >= 0x61 && code <= 0x7a);
 }
@@ -198,18 +182,6 @@ function hasWhitespace(s: string): boolean {
 
 function utf8Bytes(s: string): number {
   return Buffer.byteLength(s, 'utf8');
-}
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
-  const proto: unknown = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
-}
-
-function jsonType(value: unknown): string {
-  if (value === null) return 'null';
-  if (Array.isArray(value)) return 'array';
-  return typeof value;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -709,16 +681,22 @@ function headerBytes(headers: unknown): number {
   return bytes;
 }
 
-function checkSize(problems: Problems, parts: readonly unknown[], headers: unknown, max: number): void {
+function checkSize(
+  problems: Problems,
+  parts: readonly unknown[],
+  headers: unknown,
+  attachments: unknown,
+  max: number,
+): void {
   const bytes = parts.reduce<number>(
     (sum, part) => sum + utf8Bytes(stringOrEmpty(part)),
-    headerBytes(headers),
+    headerBytes(headers) + attachmentBytes(attachments),
   );
   if (bytes > max) {
     problems.add(
       'body',
       'too_large',
-      `subject, bodies and headers take ${bytes} bytes; at most ${max} are allowed`,
+      `subject, bodies, headers and attachments take ${bytes} bytes; at most ${max} are allowed`,
     );
   }
 }
@@ -754,7 +732,13 @@ export function validateSendEmail(body: unknown, ctx: ValidationContext): Valida
   if (!isPlainObject(body)) return bodyTypeProblem(body);
   const problems = new Problems();
   // First, so it survives the cap on the number of problems.
-  checkSize(problems, [body['subject'], body['text'], body['html']], body['headers'], ctx.maxMessageBytes);
+  checkSize(
+    problems,
+    [body['subject'], body['text'], body['html']],
+    body['headers'],
+    body['attachments'],
+    ctx.maxMessageBytes,
+  );
   checkUnknownFields(problems, body, SEND_FIELDS);
 
   const from = readFrom(problems, body['from'], ctx.defaultFrom);
@@ -777,6 +761,10 @@ export function validateSendEmail(body: unknown, ctx: ValidationContext): Valida
   const metadata = readMetadata(problems, body['metadata']);
   const priority = readPriority(problems, body['priority']);
   const sendAt = readSendAt(problems, body['send_at'], ctx);
+  const attachments = readAttachments(
+    (field, rule, message) => problems.add(field, rule, message),
+    body['attachments'],
+  );
 
   return problems.result(() => ({
     content: {
@@ -789,6 +777,7 @@ export function validateSendEmail(body: unknown, ctx: ValidationContext): Valida
       ...(text === undefined ? {} : { text }),
       ...(html === undefined ? {} : { html }),
       headers,
+      ...(attachments.length > 0 && { attachments }),
     },
     tags,
     metadata,
@@ -829,7 +818,7 @@ export function validateCompatEmail(body: unknown, ctx: ValidationContext): Vali
   const problems = new Problems();
   const bodyText = body['body'];
   const html = typeof bodyText === 'string' && looksLikeHtml(bodyText) ? bodyText : undefined;
-  checkSize(problems, [body['subject'], bodyText, html], undefined, ctx.maxMessageBytes);
+  checkSize(problems, [body['subject'], bodyText, html], undefined, undefined, ctx.maxMessageBytes);
   checkUnknownFields(problems, body, COMPAT_FIELDS);
 
   const from = readFrom(problems, undefined, ctx.defaultFrom);

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import libmime from 'libmime';
 import { simpleParser } from 'mailparser';
@@ -110,4 +111,69 @@ test('a body that contains the boundary made from the job id gets a random bound
   const parsed = await simpleParser(raw);
   assert.equal(parsed.text, text);
   assert.equal(parsed.html, html);
+});
+
+const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+
+test('attachments: mixed around alternative, related around the HTML and its inline image', async () => {
+  const logo = randomBytes(3000);
+  const pdf = randomBytes(1000);
+  const empty = Buffer.alloc(0);
+  const raw = composeMime(
+    job({
+      text: 'see attached',
+      html: '<p><img src="cid:logo@acme.test"></p>',
+      attachments: [
+        {
+          filename: 'logo.png',
+          contentType: 'image/png',
+          content: logo.toString('base64'),
+          contentId: 'logo@acme.test',
+        },
+        {
+          filename: 'Übersicht für Jörg — März.pdf',
+          contentType: 'application/pdf',
+          content: pdf.toString('base64'),
+        },
+        { filename: `a "quoted" ${'long '.repeat(20)}name.txt`, contentType: 'text/plain', content: '' },
+      ],
+    }),
+  );
+  const source = raw.toString();
+  assert.ok(/^[\x00-\x7f]*$/.test(source), 'the message itself is 7-bit ASCII');
+  assert.ok(
+    source.split('\r\n').every((line) => line.length <= 998),
+    'no line over 998 characters',
+  );
+  const types = [...source.matchAll(/^Content-Type: (multipart\/\w+)/gm)].map((m) => m[1]);
+  assert.deepEqual(types, ['multipart/mixed', 'multipart/alternative', 'multipart/related']);
+  assert.match(source, /filename\*0\*=utf-8''/, 'RFC 2231 for the non-ASCII file name');
+
+  const parsed = await simpleParser(raw);
+  assert.equal(parsed.text, 'see attached');
+  assert.equal(parsed.attachments.length, 3);
+  const [image, document, blank] = parsed.attachments;
+  assert.equal(image?.contentId, '<logo@acme.test>');
+  assert.equal(image?.related, true, 'the image is inside multipart/related');
+  assert.equal(image?.contentDisposition, 'inline');
+  assert.equal(image?.contentType, 'image/png');
+  assert.equal(sha256(image!.content), sha256(logo));
+  assert.equal(document?.filename, 'Übersicht für Jörg — März.pdf');
+  assert.equal(document?.contentDisposition, 'attachment');
+  assert.equal(sha256(document!.content), sha256(pdf));
+  assert.equal(blank?.filename, `a "quoted" ${'long '.repeat(20)}name.txt`);
+  assert.deepEqual(blank?.content, empty);
+});
+
+test('inline parts without an HTML part go into multipart/mixed, still with their Content-ID', async () => {
+  const raw = composeMime(
+    job({
+      text: 'no html',
+      attachments: [{ filename: 'a.png', contentType: 'image/png', content: 'AAEC', contentId: 'a@b' }],
+    }),
+  );
+  assert.doesNotMatch(raw.toString(), /multipart\/related/);
+  const parsed = await simpleParser(raw);
+  assert.equal(parsed.attachments[0]?.contentId, '<a@b>');
+  assert.deepEqual(parsed.attachments[0]?.content, Buffer.from([0, 1, 2]));
 });

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import mimeFuncs from 'nodemailer/lib/mime-funcs/index.js';
 import qp from 'nodemailer/lib/qp/index.js';
-import type { Job, Mailbox } from '../domain/email.js';
+import type { EmailContent, Job, Mailbox } from '../domain/email.js';
+import { attachmentPart } from './attachment-part.js';
 
 const CRLF = '\r\n';
 /** RFC 5322 allows 998; 78 is the recommended width for headers and encoded bodies. */
@@ -14,14 +15,18 @@ const MAX_7BIT_LINE = 998;
  *
  * Why not nodemailer's MailComposer: it builds through a chain of streams, ~0.6 ms of CPU and a dozen
  * event-loop turns per message, which at thousands of messages a second was most of the worker's time.
- * Emails here are one text and/or one HTML part with headers (no attachments yet), so a direct
- * builder is short; compose-mime.test.ts parses its output with mailparser to prove it round-trips.
+ * Emails here are a text and/or an HTML part, headers and base64 attachments, so a direct builder is
+ * short; compose-mime.test.ts parses its output with mailparser to prove it round-trips. Nothing here
+ * reads a file or a URL: attachment content is already base64 in the job.
+ *
+ * The tree, each level only when needed: multipart/mixed [body, attachments…], where body is
+ * multipart/alternative [text, html] and html is multipart/related [html, inline parts…] when the
+ * email has attachments with a content_id (without an HTML part, those go to mixed, inline).
  */
 export function composeMime(job: Job): Buffer {
   const { content } = job;
   const lines: string[] = [];
-  const header = (name: string, value: string) =>
-    lines.push(mimeFuncs.foldLines(`${name}: ${value}`, LINE_WIDTH));
+  const header = (name: string, value: string) => lines.push(fold(`${name}: ${value}`));
 
   header('From', formatMailboxes([content.from]));
   if (content.to.length > 0) header('To', formatMailboxes(content.to));
@@ -33,36 +38,62 @@ export function composeMime(job: Job): Buffer {
   for (const [name, value] of Object.entries(content.headers)) header(name, encodeText(value));
   header('MIME-Version', '1.0');
 
-  const parts: Part[] = [];
-  if (content.text !== undefined && content.text !== '') parts.push(textPart('text/plain', content.text));
-  if (content.html !== undefined && content.html !== '') parts.push(textPart('text/html', content.html));
-  if (parts.length === 1) {
-    const [part] = parts as [Part];
-    lines.push(...part.headers, '', part.body);
-  } else {
-    const boundary = boundaryFor(job, parts);
-    header('Content-Type', `multipart/alternative; boundary="${boundary}"`);
-    lines.push('');
-    for (const part of parts) lines.push(`--${boundary}`, ...part.headers, '', part.body);
-    lines.push(`--${boundary}--`, '');
-  }
+  const root = bodyTree(content);
+  const part = render(root, job, leafBodies(root));
+  lines.push(...part.headers, '', part.body);
   return Buffer.from(lines.join(CRLF), 'utf8');
 }
+
+export interface Part {
+  /** Header lines, folded. */
+  readonly headers: string[];
+  readonly body: string;
+}
+
+type MultipartKind = 'mixed' | 'related' | 'alternative';
+type Node = Part | { readonly kind: MultipartKind; readonly children: readonly Node[] };
+
+function bodyTree(content: EmailContent): Node {
+  const attachments = content.attachments ?? [];
+  const text = content.text ? textPart('text/plain', content.text) : undefined;
+  let html: Node | undefined = content.html ? textPart('text/html', content.html) : undefined;
+  const inline = html ? attachments.filter((attachment) => attachment.contentId !== undefined) : [];
+  const files = attachments.filter((attachment) => !inline.includes(attachment));
+  if (html && inline.length > 0) html = { kind: 'related', children: [html, ...inline.map(attachmentPart)] };
+  const parts = [text, html].filter((node) => node !== undefined);
+  const body: Node = parts.length === 1 ? parts[0]! : { kind: 'alternative', children: parts };
+  return files.length > 0 ? { kind: 'mixed', children: [body, ...files.map(attachmentPart)] } : body;
+}
+
+function render(node: Node, job: Job, leaves: readonly string[]): Part {
+  if (!('kind' in node)) return node;
+  const boundary = boundaryFor(job, node.kind, leaves);
+  const children = node.children.map((child) => {
+    const part = render(child, job, leaves);
+    return [`--${boundary}`, ...part.headers, '', part.body].join(CRLF);
+  });
+  return {
+    headers: [fold(`Content-Type: multipart/${node.kind}; boundary="${boundary}"`)],
+    body: [...children, `--${boundary}--`, ''].join(CRLF),
+  };
+}
+
+function leafBodies(node: Node): string[] {
+  return 'kind' in node ? node.children.flatMap(leafBodies) : [node.body];
+}
+
+/** One tag per level, so that no boundary is the start of another. */
+const BOUNDARY_TAG: Record<MultipartKind, string> = { alternative: '', related: 'r_', mixed: 'm_' };
 
 /**
  * The job id is already unpredictable (UUIDv7, 74 random bits) and unique, so it makes a boundary
  * without drawing new random bytes per message (a measurable cost at thousands of messages a second),
  * and every attempt of a job sends the same bytes. A part that happens to contain it gets a random one.
  */
-function boundaryFor(job: Job, parts: readonly Part[]): string {
-  const fromId = `--_mailroom_${job.id}`;
-  if (parts.every((part) => !part.body.includes(fromId))) return fromId;
-  return `--_mailroom_${randomBytes(16).toString('hex')}`;
-}
-
-interface Part {
-  readonly headers: string[];
-  readonly body: string;
+function boundaryFor(job: Job, kind: MultipartKind, leaves: readonly string[]): string {
+  const fromId = `--_mailroom_${BOUNDARY_TAG[kind]}${job.id}`;
+  if (leaves.every((body) => !body.includes(fromId))) return fromId;
+  return `--_mailroom_${BOUNDARY_TAG[kind]}${randomBytes(16).toString('hex')}`;
 }
 
 function textPart(type: string, text: string): Part {
@@ -75,6 +106,10 @@ function textPart(type: string, text: string): Part {
     ],
     body: plain ? normalized : qp.wrap(qp.encode(normalized), LINE_WIDTH),
   };
+}
+
+function fold(line: string): string {
+  return mimeFuncs.foldLines(line, LINE_WIDTH);
 }
 
 /** Leaves ASCII as it is; puts anything else in RFC 2047 encoded-words. */
