@@ -29,6 +29,11 @@ export interface Accepted {
   readonly replayed: boolean;
 }
 
+/** One request's result: a conflict is an Idempotency-Key already used for another request. */
+export type AcceptOutcome =
+  | ({ readonly kind: 'accepted' } & Accepted)
+  | { readonly kind: 'conflict'; readonly id: string };
+
 const MAX_GROUP_COMMIT = 512;
 const BACKLOG_REFRESH_MS = 1000;
 
@@ -73,41 +78,76 @@ export class EmailIntake {
   }
 
   async accept(request: AcceptRequest): Promise<Accepted> {
-    if (this.retryAfterSeconds !== undefined) {
-      throw new MailroomError('BACKLOG_FULL', `The backlog holds ${this.backlog} jobs; try again later.`);
-    }
-    const job = this.newJob(request);
-    let result: CreateJobResult;
-    try {
-      result = await this.commits.add(job);
-    } catch (error) {
-      this.logger.error({ err: error, job_id: job.id }, 'could not commit a new job');
-      if (error instanceof CommitUnknownError) {
-        throw new MailroomError(
-          'STORE_OUTCOME_UNKNOWN',
-          `The connection to the store broke during the commit and the store could not be asked afterwards: the email may have been accepted as ${job.id}. Look it up (GET /v1/emails/${job.id}) before sending it again, or retry with the same Idempotency-Key.`,
-        );
-      }
-      throw new MailroomError(
-        'STORE_UNAVAILABLE',
-        'The email could not be stored; nothing was accepted. Retry.',
-      );
-    }
-    if (result.kind === 'conflict') {
+    const [outcome] = await this.acceptAll([request]);
+    if (outcome!.kind === 'conflict') {
       throw new MailroomError(
         'IDEMPOTENCY_CONFLICT',
-        `Idempotency-Key was already used for a different request (email ${result.id}).`,
+        `Idempotency-Key was already used for a different request (email ${outcome!.id}).`,
       );
     }
-    if (result.kind === 'created')
-      this.logger.debug({ job_id: result.id, status: result.status }, 'accepted');
-    return { id: result.id, status: result.status, replayed: result.kind === 'duplicate' };
+    return outcome!;
   }
 
-  private newJob(request: AcceptRequest): NewJob {
+  /**
+   * Commits several requests in one transaction (they join the current group commit, never split
+   * across two); results in their order. Refused as a whole with BACKLOG_FULL unless
+   * `checkBacklog` is false (the second part of a batch whose first part already passed).
+   * `now` is every job's creation time, which is also when their idempotency keys expire.
+   */
+  async acceptAll(
+    requests: readonly AcceptRequest[],
+    options: { readonly now?: number; readonly checkBacklog?: boolean } = {},
+  ): Promise<AcceptOutcome[]> {
+    if (options.checkBacklog !== false && this.retryAfterSeconds !== undefined) {
+      throw new MailroomError('BACKLOG_FULL', `The backlog holds ${this.backlog} jobs; try again later.`);
+    }
+    const now = options.now ?? Date.now();
+    const jobs = requests.map((request) => this.newJob(request, now));
+    let results: CreateJobResult[];
+    try {
+      results = await this.commits.addAll(jobs);
+    } catch (error) {
+      throw this.commitError(error, jobs);
+    }
+    return results.map((result): AcceptOutcome => {
+      if (result.kind === 'conflict') return result;
+      if (result.kind === 'created')
+        this.logger.debug({ job_id: result.id, status: result.status }, 'accepted');
+      return {
+        kind: 'accepted',
+        id: result.id,
+        status: result.status,
+        replayed: result.kind === 'duplicate',
+      };
+    });
+  }
+
+  private commitError(error: unknown, jobs: readonly NewJob[]): MailroomError {
+    const ids = jobs.map((job) => job.id);
+    this.logger.error({ err: error, job_ids: ids }, 'could not commit new jobs');
+    if (!(error instanceof CommitUnknownError)) {
+      const what = jobs.length === 1 ? 'The email' : `The ${jobs.length} emails`;
+      return new MailroomError(
+        'STORE_UNAVAILABLE',
+        `${what} could not be stored; nothing was accepted. Retry.`,
+      );
+    }
+    if (jobs.length === 1) {
+      return new MailroomError(
+        'STORE_OUTCOME_UNKNOWN',
+        `The connection to the store broke during the commit and the store could not be asked afterwards: the email may have been accepted as ${ids[0]}. Look it up (GET /v1/emails/${ids[0]}) before sending it again, or retry with the same Idempotency-Key.`,
+      );
+    }
+    return new MailroomError(
+      'STORE_OUTCOME_UNKNOWN',
+      `The connection to the store broke during the commit and the store could not be asked afterwards: the ${jobs.length} emails may all have been accepted (as ${ids[0]} to ${ids.at(-1)}, in the order sent), or none. Look one up (GET /v1/emails/${ids[0]}) before sending them again, or retry with the same Idempotency-Key.`,
+    );
+  }
+
+  private newJob(request: AcceptRequest, now: number): NewJob {
     return newJobFrom(request.email, {
       id: uuidv7(),
-      now: Date.now(),
+      now,
       ...(request.idempotencyKey !== undefined && {
         idempotency: {
           scope: request.scope,

@@ -4,9 +4,12 @@
  *
  * Batches run one at a time; requests that arrive while a batch runs form the next one. So under
  * load the batch grows by itself, and when idle a lone request waits only until the next tick.
+ * A group of items (`addAll`) always runs in one batch: a batch takes whole groups up to `maxBatch`
+ * items, and a group larger than that runs alone.
  */
 export class Batcher<In, Out> {
-  private pending: { item: In; resolve: (out: Out) => void; reject: (error: unknown) => void }[] = [];
+  private pending: { items: In[]; resolve: (out: Out[]) => void; reject: (error: unknown) => void }[] = [];
+  private pendingItems = 0;
   private running = false;
   private scheduled = false;
 
@@ -15,16 +18,24 @@ export class Batcher<In, Out> {
     private readonly maxBatch: number,
   ) {}
 
-  add(item: In): Promise<Out> {
-    return new Promise<Out>((resolve, reject) => {
-      this.pending.push({ item, resolve, reject });
+  async add(item: In): Promise<Out> {
+    const [out] = await this.addAll([item]);
+    return out as Out;
+  }
+
+  /** Runs `items` together in one batch (with whatever else joins it); results in their order. */
+  addAll(items: readonly In[]): Promise<Out[]> {
+    if (items.length === 0) return Promise.resolve([]);
+    return new Promise<Out[]>((resolve, reject) => {
+      this.pending.push({ items: [...items], resolve, reject });
+      this.pendingItems += items.length;
       this.schedule();
     });
   }
 
   /** Requests waiting for the next batch. */
   get size(): number {
-    return this.pending.length;
+    return this.pendingItems;
   }
 
   private schedule(): void {
@@ -37,15 +48,30 @@ export class Batcher<In, Out> {
     });
   }
 
+  private takeGroups() {
+    let count = 0;
+    let groups = 0;
+    while (groups < this.pending.length) {
+      const next = this.pending[groups]!.items.length;
+      if (groups > 0 && count + next > this.maxBatch) break;
+      count += next;
+      groups++;
+    }
+    this.pendingItems -= count;
+    return this.pending.splice(0, groups);
+  }
+
   private async runBatch(): Promise<void> {
     if (this.running || this.pending.length === 0) return;
     this.running = true;
-    const batch = this.pending.splice(0, this.maxBatch);
+    const batch = this.takeGroups();
     try {
-      const results = await this.flush(batch.map((entry) => entry.item));
-      batch.forEach((entry, index) => {
-        entry.resolve(results[index] as Out);
-      });
+      const results = await this.flush(batch.flatMap((entry) => entry.items));
+      let offset = 0;
+      for (const entry of batch) {
+        entry.resolve(results.slice(offset, offset + entry.items.length));
+        offset += entry.items.length;
+      }
     } catch (error) {
       for (const entry of batch) entry.reject(error);
     } finally {

@@ -1,0 +1,49 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Batcher } from './batcher.js';
+
+function recording(maxBatch: number) {
+  const batches: number[][] = [];
+  const batcher = new Batcher<number, string>(async (items) => {
+    batches.push(items);
+    return items.map((item) => `r${item}`);
+  }, maxBatch);
+  return { batcher, batches };
+}
+
+test('single items of one tick form one batch, each gets its own result', async () => {
+  const { batcher, batches } = recording(10);
+  const results = await Promise.all([1, 2, 3].map((item) => batcher.add(item)));
+  assert.deepEqual(results, ['r1', 'r2', 'r3']);
+  assert.deepEqual(batches, [[1, 2, 3]]);
+});
+
+test('a group is never split across batches; one larger than maxBatch runs alone', async () => {
+  const { batcher, batches } = recording(4);
+  const [a, group, b, big] = await Promise.all([
+    batcher.add(1),
+    batcher.addAll([2, 3, 4]),
+    batcher.add(5),
+    batcher.addAll([6, 7, 8, 9, 10, 11]),
+  ]);
+  assert.equal(a, 'r1');
+  assert.deepEqual(group, ['r2', 'r3', 'r4']);
+  assert.equal(b, 'r5');
+  assert.deepEqual(big, ['r6', 'r7', 'r8', 'r9', 'r10', 'r11']);
+  assert.deepEqual(batches, [[1, 2, 3, 4], [5], [6, 7, 8, 9, 10, 11]]);
+});
+
+test('a failed batch rejects every group in it, and the next batch still runs', async () => {
+  let calls = 0;
+  const batcher = new Batcher<number, number>(async (items) => {
+    calls++;
+    if (items.includes(0)) throw new Error('boom');
+    return items;
+  }, 2);
+  const failed = batcher.addAll([0, 1]);
+  const next = batcher.add(2);
+  await assert.rejects(failed, /boom/);
+  assert.equal(await next, 2);
+  assert.equal(calls, 2);
+  assert.deepEqual(await batcher.addAll([]), []);
+});
