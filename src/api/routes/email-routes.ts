@@ -1,8 +1,7 @@
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { JOB_STATUSES, PRIORITIES } from '../../domain/email.js';
+import { JOB_STATUSES } from '../../domain/email.js';
 import {
-  isValidIdempotencyKey,
   type ValidatedEmail,
   type ValidationResult,
   validateSendEmail,
@@ -10,31 +9,10 @@ import {
 import { MailroomError, validationError } from '../../errors.js';
 import { decodeCursor } from '../../store/cursor.js';
 import type { ApiContext } from '../api-context.js';
+import { readIdempotencyKey } from '../idempotency-key.js';
 import { presentJob } from '../present-job.js';
-
-const AddressList = Type.Union([Type.String(), Type.Array(Type.String(), { maxItems: 50 })]);
-
-/** Documents the body; the checks themselves are validateSendEmail's (one place, every rule named). */
-export const SendEmailBody = Type.Object(
-  {
-    from: Type.Optional(
-      Type.String({ description: 'Sender; default MAILROOM_FROM. `a@b.c` or `Name <a@b.c>`.' }),
-    ),
-    to: AddressList,
-    cc: Type.Optional(AddressList),
-    bcc: Type.Optional(AddressList),
-    reply_to: Type.Optional(AddressList),
-    subject: Type.String({ minLength: 1, maxLength: 998 }),
-    text: Type.Optional(Type.String()),
-    html: Type.Optional(Type.String()),
-    headers: Type.Optional(Type.Record(Type.String(), Type.String())),
-    tags: Type.Optional(Type.Array(Type.String(), { maxItems: 20 })),
-    metadata: Type.Optional(Type.Record(Type.String(), Type.String())),
-    priority: Type.Optional(Type.Union(PRIORITIES.map((p) => Type.Literal(p)))),
-    send_at: Type.Optional(Type.String({ format: 'date-time', description: 'ISO 8601 with a time zone.' })),
-  },
-  { additionalProperties: false },
-);
+import { registerBatchRoutes } from './batch-routes.js';
+import { SendEmailBody } from './email-schemas.js';
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) });
 
@@ -67,6 +45,8 @@ export async function registerEmailRoutes(app: FastifyInstance, ctx: ApiContext)
     async (request, reply) =>
       acceptEmail(ctx, request, reply, validateSendEmail(request.body, ctx.validation())),
   );
+
+  await registerBatchRoutes(app, ctx);
 
   app.get<{ Params: Static<typeof IdParams> }>(
     '/v1/emails/:id',
@@ -136,16 +116,7 @@ export async function acceptEmail(
     if (validated.tooLarge) throw new MailroomError('PAYLOAD_TOO_LARGE', error.message, validated.problems);
     throw error;
   }
-  const key = request.headers['idempotency-key'];
-  if (Array.isArray(key) || (key !== undefined && !isValidIdempotencyKey(key))) {
-    throw validationError([
-      {
-        field: 'Idempotency-Key',
-        rule: 'max_length',
-        message: 'must be 1 to 256 printable characters, sent once',
-      },
-    ]);
-  }
+  const key = readIdempotencyKey(request);
   const accepted = await ctx.intake.accept({
     email: validated.value,
     scope: request.authScope,
