@@ -277,6 +277,46 @@ function storeContract(
         assert.equal(await store.countActive(), 15);
       });
 
+      test('countJobs counts every status (0 for none) and the dead letters', async () => {
+        const empty = await store.countJobs();
+        assert.deepEqual(
+          Object.values(empty.byStatus),
+          Object.values(empty.byStatus).map(() => 0),
+        );
+        for (const status of [
+          'queued',
+          'queued',
+          'scheduled',
+          'processing',
+          'deferred',
+          'sent',
+          'failed',
+          'cancelled',
+        ] as const)
+          await jobIn(store, status);
+        const dead = await jobIn(store, 'processing');
+        const [claimed] = await store.claimJobs([{ jobId: dead.id, workerId: 'w', leaseMs: 1 }], T0 + HOUR);
+        assert.equal(claimed?.kind, 'claimed');
+        await record(
+          store,
+          dead.id,
+          claimed?.kind === 'claimed' ? claimed.leaseToken : '',
+          { kind: 'failed', deadLetter: 'max_attempts', detail: { code: 'MAX_ATTEMPTS' } },
+          T0 + HOUR,
+        );
+        const counts = await store.countJobs();
+        assert.deepEqual(counts.byStatus, {
+          queued: 2,
+          scheduled: 1,
+          processing: 1,
+          deferred: 1,
+          sent: 1,
+          failed: 2,
+          cancelled: 1,
+        });
+        assert.equal(counts.deadLetters, 1);
+      });
+
       test('getJob of an unknown id is undefined', async () => {
         assert.equal(await store.getJob(randomUUID()), undefined);
       });

@@ -6,14 +6,15 @@
  * adapter can make one round trip (one transaction, one fsync) for many jobs.
  * No driver type crosses this port: adapters own their connections.
  */
-import type {
-  DeadLetterReason,
-  Job,
-  JobEvent,
-  JobStatus,
-  JobWithEvents,
-  NewJob,
-  Priority,
+import {
+  type DeadLetterReason,
+  JOB_STATUSES,
+  type Job,
+  type JobEvent,
+  type JobStatus,
+  type JobWithEvents,
+  type NewJob,
+  type Priority,
 } from '../domain/email.js';
 import type { ComponentHealth } from '../transport/transport.js';
 
@@ -66,6 +67,13 @@ export interface OutcomeDetail {
   readonly smtpCode?: number;
   readonly response?: string;
   readonly [key: string]: unknown;
+}
+
+export interface JobCounts {
+  /** Every status, 0 included. */
+  readonly byStatus: Readonly<Record<JobStatus, number>>;
+  /** Failed jobs kept for replay. */
+  readonly deadLetters: number;
 }
 
 export interface RecordOutcome {
@@ -213,6 +221,15 @@ export interface Store {
 
   /** How many jobs are queued, scheduled, processing or deferred. */
   countActive(): Promise<number>;
+  /** Jobs by status, and dead letters, for metrics. Reads an index; still a count: call it seldom. */
+  countJobs(): Promise<JobCounts>;
   /** Deletes idempotency keys older than `before` (epoch ms). */
   pruneIdempotencyKeys(before: number): Promise<number>;
+}
+
+/** Turns `status, count` rows into a count for every status, 0 for those with no row. */
+export function countsByStatus(rows: readonly { status: JobStatus; n: number }[]): Record<JobStatus, number> {
+  const counts = Object.fromEntries(JOB_STATUSES.map((status) => [status, 0])) as Record<JobStatus, number>;
+  for (const row of rows) counts[row.status] = Number(row.n);
+  return counts;
 }

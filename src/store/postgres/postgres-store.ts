@@ -15,8 +15,10 @@ import {
   type ClaimResult,
   CommitUnknownError,
   type CreateJobResult,
+  countsByStatus,
   type DeadLetterFilter,
   type DueJob,
+  type JobCounts,
   type JobFilter,
   type Outbox,
   type Page,
@@ -125,7 +127,7 @@ export class PostgresStore implements Store {
     // Nothing new was written either way: duplicates and conflicts point at jobs that exist.
     if (created.length === 0) return results;
     for (let attempt = 1; attempt <= COMMIT_CHECK_ATTEMPTS; attempt++) {
-      const found = await this.countJobs(created).catch(() => undefined);
+      const found = await this.countExisting(created).catch(() => undefined);
       if (found === created.length) return results;
       if (found === 0 && (await this.backendGone(uncertain.backendPid))) throw uncertain.cause;
       await new Promise((resolve) => setTimeout(resolve, COMMIT_CHECK_PAUSE_MS));
@@ -147,7 +149,7 @@ export class PostgresStore implements Store {
     }
   }
 
-  private async countJobs(ids: readonly string[]): Promise<number> {
+  private async countExisting(ids: readonly string[]): Promise<number> {
     const { rows } = await this.db.query<{ found: number }>(
       'SELECT count(*)::int AS found FROM jobs WHERE id = ANY($1::text[])',
       [ids],
@@ -313,6 +315,18 @@ export class PostgresStore implements Store {
       'SELECT count(*) AS n FROM jobs WHERE run_at IS NOT NULL',
     );
     return rows[0]!.n;
+  }
+
+  async countJobs(): Promise<JobCounts> {
+    const [byStatus, deadLetters] = await Promise.all([
+      this.db.query<{ status: JobStatus; n: number }>(
+        'SELECT status, count(*)::int AS n FROM jobs GROUP BY status',
+      ),
+      this.db.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM jobs WHERE dead_letter_reason IS NOT NULL',
+      ),
+    ]);
+    return { byStatus: countsByStatus(byStatus.rows), deadLetters: deadLetters.rows[0]!.n };
   }
 
   async pruneIdempotencyKeys(before: number): Promise<number> {

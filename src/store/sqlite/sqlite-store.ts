@@ -15,18 +15,20 @@ import {
 } from '../../domain/email.js';
 import type { ComponentHealth } from '../../transport/transport.js';
 import { decodeCursor, encodeCursor } from '../cursor.js';
-import type {
-  CancelResult,
-  ClaimRequest,
-  ClaimResult,
-  CreateJobResult,
-  DeadLetterFilter,
-  DueJob,
-  JobFilter,
-  Outcome,
-  Page,
-  RecordOutcome,
-  Store,
+import {
+  type CancelResult,
+  type ClaimRequest,
+  type ClaimResult,
+  type CreateJobResult,
+  countsByStatus,
+  type DeadLetterFilter,
+  type DueJob,
+  type JobCounts,
+  type JobFilter,
+  type Outcome,
+  type Page,
+  type RecordOutcome,
+  type Store,
 } from '../store.js';
 import { MIGRATIONS } from './migrations.js';
 
@@ -262,6 +264,12 @@ export class SqliteStore implements Store {
     return (this.statements.countActive.get() as { n: number }).n;
   }
 
+  async countJobs(): Promise<JobCounts> {
+    const rows = this.statements.countByStatus.all() as { status: JobStatus; n: number }[];
+    const deadLetters = (this.statements.countDeadLetters.get() as { n: number }).n;
+    return { byStatus: countsByStatus(rows), deadLetters };
+  }
+
   async pruneIdempotencyKeys(before: number): Promise<number> {
     return this.statements.pruneKeys.run(before).changes;
   }
@@ -436,6 +444,8 @@ export class SqliteStore implements Store {
         db.prepare(`UPDATE jobs SET status = 'queued', attempts = 0, run_at = ?, dead_letter_reason = NULL,
         dead_lettered_at = NULL, updated_at = ? WHERE id = ?`),
       countActive: db.prepare('SELECT count(*) AS n FROM jobs WHERE run_at IS NOT NULL'),
+      countByStatus: db.prepare('SELECT status, count(*) AS n FROM jobs GROUP BY status'),
+      countDeadLetters: db.prepare('SELECT count(*) AS n FROM jobs WHERE dead_letter_reason IS NOT NULL'),
     };
   }
 }

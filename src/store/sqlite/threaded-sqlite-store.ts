@@ -74,6 +74,7 @@ export class ThreadedSqliteStore implements Store {
   replayDeadLetters: Store['replayDeadLetters'] = (...args) =>
     this.call('replayDeadLetters', args) as ReturnType<Store['replayDeadLetters']>;
   countActive: Store['countActive'] = () => this.call('countActive', []) as ReturnType<Store['countActive']>;
+  countJobs: Store['countJobs'] = () => this.call('countJobs', []) as ReturnType<Store['countJobs']>;
   pruneIdempotencyKeys: Store['pruneIdempotencyKeys'] = (...args) =>
     this.call('pruneIdempotencyKeys', args) as ReturnType<Store['pruneIdempotencyKeys']>;
 
