@@ -195,7 +195,10 @@ async function startScaledOut(options: ShapeOptions, broker: 'rabbitmq' | 'nats'
 
   const processes = [
     spawnMailroom('api', ['api'], { ...env, MAILROOM_PORT: String(port) }),
-    ...Array.from({ length: WORKERS }, (_, i) => spawnMailroom(`worker-${i + 1}`, ['worker'], env)),
+    // Each worker serves /metrics on a port of its own (0: any free one).
+    ...Array.from({ length: WORKERS }, (_, i) =>
+      spawnMailroom(`worker-${i + 1}`, ['worker'], { ...env, MAILROOM_METRICS_PORT: '0' }),
+    ),
   ];
   const stopProcesses = options.janitor.add('stop the api and workers', () => stopAll(processes));
   log(`  pids: ${processes.map((child) => `${child.name} ${child.pid}`).join(', ')}`);

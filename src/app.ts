@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { ApiContext } from './api/api-context.js';
 import { ApiRateLimit } from './api/api-rate-limit.js';
 import { ApiKeyAuth } from './api/auth.js';
-import { buildServer } from './api/build-server.js';
+import { buildOpsServer, buildServer } from './api/build-server.js';
 import { EmailIntake } from './api/email-intake.js';
 import type { Broker } from './broker/broker.js';
 import { DEFAULT_DISPATCHER_OPTIONS, OutboxDispatcher } from './broker/outbox-dispatcher.js';
@@ -18,6 +18,8 @@ import type { RateLimiter } from './flow/rate-limiter.js';
 import { DevInbox } from './inbox/dev-inbox.js';
 import { createBroker, createRateLimiter, createStore } from './select-adapters.js';
 import type { Store } from './store/store.js';
+import { Metrics } from './telemetry/metrics.js';
+import { serviceTags } from './telemetry/service-tags.js';
 import { ChaosTransport } from './transport/chaos/chaos-transport.js';
 import { describeChaos } from './transport/chaos/parse-chaos.js';
 import { SesTransport } from './transport/ses/ses-transport.js';
@@ -35,11 +37,15 @@ export interface App {
   readonly config: Config;
   readonly store: Store;
   readonly broker: Broker;
+  /** The HTTP API; undefined for `mailroom worker`, which serves only `ops`. */
   readonly server: FastifyInstance | undefined;
+  /** `mailroom worker`'s /metrics, /health and /ready on MAILROOM_METRICS_PORT. */
+  readonly ops: FastifyInstance | undefined;
+  readonly metrics: Metrics;
   readonly inbox: DevInbox | undefined;
   readonly worker: Worker | undefined;
   /** Listens (when the API role is on) and starts the worker. Returns the URLs it serves. */
-  start(): Promise<{ apiUrl?: string; inboxUrl?: string; inboxSmtp?: string }>;
+  start(): Promise<{ apiUrl?: string; inboxUrl?: string; inboxSmtp?: string; opsUrl?: string }>;
   /** Graceful shutdown: refuse new work, finish or release in-flight sends, close everything. */
   stop(): Promise<void>;
 }
@@ -70,7 +76,9 @@ export async function buildApp(
     maxScheduleAheadMs: SCHEDULE_AHEAD_MAX_MS,
     now: Date.now(),
   });
-  const store: Store = createStore(config);
+  const metrics = new Metrics(serviceTags(config), () => store.countJobs());
+  // Every job committed, from the API or from producers on the broker, is counted as accepted.
+  const store: Store = countingAccepted(createStore(config), metrics);
   await store.migrate();
   const codec = new WireCodec({ validation, idempotencyTtlMs: IDEMPOTENCY_TTL_MS });
   const broker: Broker = createBroker(config, store, codec, logger);
@@ -129,6 +137,7 @@ export async function buildApp(
       return flow;
     },
     chaos,
+    metrics,
     workAdded,
     validation,
     workerHealth: () =>
@@ -138,9 +147,10 @@ export async function buildApp(
     isDraining: () => draining,
   };
   const server = roles.api ? await buildServer(ctx, logger) : undefined;
+  const ops = roles.api ? undefined : await buildOpsServer(ctx, logger);
 
   async function start() {
-    const urls: { apiUrl?: string; inboxUrl?: string; inboxSmtp?: string } = {};
+    const urls: { apiUrl?: string; inboxUrl?: string; inboxSmtp?: string; opsUrl?: string } = {};
     if (inbox) {
       await inbox.start().catch((error: Error) => {
         throw new MailroomError(
@@ -176,20 +186,21 @@ export async function buildApp(
           `!!! FAULT INJECTION IS ON (MAILROOM_CHAOS): ${chaos}. Sends through ${transport.name} will fail, be refused or slow down on purpose.`,
         );
       }
-      flow = buildFlowControl(config, transport.name, limiter!, fallbackLimiter, logger);
+      flow = buildFlowControl(config, transport.name, limiter!, fallbackLimiter, logger, metrics);
     }
     await broker.start();
     dispatcher?.start();
     await intake.start();
     pruneTimer = setInterval(() => void store.pruneIdempotencyKeys(Date.now() - IDEMPOTENCY_TTL_MS), HOUR);
     pruneTimer.unref();
+    if (ops) urls.opsUrl = await ops.listen({ host: config.host, port: config.metricsPort });
     if (server) {
       const address = await server.listen({ host: config.host, port: config.port });
       urls.apiUrl = address;
       if (inbox) urls.inboxUrl = `${address}/inbox`;
     }
     if (roles.worker && transport) {
-      worker = new Worker(store, broker, transport, { ...config, workAdded, flow }, logger);
+      worker = new Worker(store, broker, transport, { ...config, workAdded, flow, metrics }, logger);
       await worker.start();
     }
     return urls;
@@ -217,6 +228,7 @@ export async function buildApp(
     await runInOrder(logger, [
       ['worker', () => worker?.stop(config.shutdownTimeoutMs)],
       ['http server', () => server?.close()],
+      ['ops server', () => ops?.close()],
       ['intake', () => intake.stop()],
       ['outbox dispatcher', () => dispatcher?.stop()],
       ['transport', () => transport?.close()],
@@ -232,6 +244,8 @@ export async function buildApp(
     store,
     broker,
     server,
+    ops,
+    metrics,
     inbox,
     get worker() {
       return worker;
@@ -248,6 +262,7 @@ function buildFlowControl(
   limiter: RateLimiter,
   fallbackLimiter: RateLimiter,
   logger: Logger,
+  metrics: Metrics,
 ): FlowControl {
   const breaker = new CircuitBreaker(transportName, {
     failures: config.breakerFailures,
@@ -255,7 +270,9 @@ function buildFlowControl(
     halfOpenMax: config.breakerHalfOpenMax,
     successes: config.breakerSuccesses,
   });
+  metrics.breakerEntered(transportName, 'closed', false);
   breaker.onTransition((transition) => {
+    metrics.breakerEntered(transition.transport, transition.to);
     const line = {
       breaker: transition.transport,
       from: transition.from,
@@ -285,6 +302,25 @@ function buildFlowControl(
       config.leaseMs - (config.transport === 'ses' ? config.sesTimeoutMs : config.smtpTimeoutMs) - SECOND,
     ),
     logger,
+  });
+}
+
+/**
+ * `store`, with the jobs each createJobs call committed counted as accepted. A Proxy, so that every
+ * other member (and any state a method sets) is the store's own.
+ */
+function countingAccepted(store: Store, metrics: Metrics): Store {
+  const createJobs: Store['createJobs'] = async (jobs) => {
+    const results = await store.createJobs(jobs);
+    metrics.jobsAccepted(results.filter((result) => result.kind === 'created').length);
+    return results;
+  };
+  return new Proxy(store, {
+    get: (target, name) => {
+      if (name === 'createJobs') return createJobs;
+      const value = Reflect.get(target, name, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
   });
 }
 

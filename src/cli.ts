@@ -9,6 +9,7 @@ import { MailroomError } from './errors.js';
 import { startInboxServer } from './inbox/inbox-server.js';
 import { createLogger } from './logging/logger.js';
 import { createStore } from './select-adapters.js';
+import { serviceTags } from './telemetry/service-tags.js';
 
 const USAGE = `Usage: mailroom <command> [options]
 
@@ -38,7 +39,10 @@ async function main(argv: string[]): Promise<number> {
       return runServer({ api: true, worker: false }).catch(explainStartupError([['MAILROOM_PORT', 'port']]));
     case 'worker':
       return runServer({ api: false, worker: true }).catch(
-        explainStartupError([['MAILROOM_INBOX_SMTP_PORT', 'inboxSmtpPort']]),
+        explainStartupError([
+          ['MAILROOM_METRICS_PORT', 'metricsPort'],
+          ['MAILROOM_INBOX_SMTP_PORT', 'inboxSmtpPort'],
+        ]),
       );
     case 'migrate':
       return migrate();
@@ -78,7 +82,7 @@ const FILE_ERRORS = new Set(['ENOENT', 'ENOTDIR', 'EEXIST', 'EACCES', 'EPERM', '
  * or a store file that cannot be created or opened. Any other error passes through unchanged.
  */
 function explainStartupError(
-  ports: readonly [env: string, key: 'port' | 'inboxHttpPort' | 'inboxSmtpPort'][],
+  ports: readonly [env: string, key: 'port' | 'metricsPort' | 'inboxHttpPort' | 'inboxSmtpPort'][],
 ) {
   return (error: unknown): never => {
     const { code = '', syscall, port, address } = error as StartupError;
@@ -114,6 +118,7 @@ function setup(): { config: Config; logger: Logger } {
   const logger = createLogger({
     level: config.logLevel,
     pretty: config.logPretty ?? process.stdout.isTTY === true,
+    tags: { ...serviceTags(config) },
   });
   return { config, logger };
 }
@@ -138,13 +143,14 @@ async function runServer(roles: AppRoles): Promise<number> {
   const lines = [
     ...(urls.apiUrl ? [`API      ${urls.apiUrl}  (docs: ${urls.apiUrl}/docs)`] : []),
     ...(roles.worker ? ['Worker   running'] : []),
+    ...(urls.opsUrl ? [`Metrics  ${urls.opsUrl}/metrics  (health: ${urls.opsUrl}/ready)`] : []),
     urls.inboxUrl || urls.inboxSmtp
       ? `Inbox    ${urls.inboxUrl ?? '(pages served by `mailroom start` or `mailroom inbox`)'}  (SMTP ${urls.inboxSmtp})`
       : 'Relay    MAILROOM_SMTP_URL',
     `Store    ${storeKind(config)}, broker ${app.broker.name}`,
   ];
   logger.info(
-    { api: urls.apiUrl, inbox: urls.inboxUrl, inbox_smtp: urls.inboxSmtp },
+    { api: urls.apiUrl, ops: urls.opsUrl, inbox: urls.inboxUrl, inbox_smtp: urls.inboxSmtp },
     `Mailroom is running\n  ${lines.join('\n  ')}`,
   );
   return exitCode;

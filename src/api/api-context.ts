@@ -4,6 +4,7 @@ import type { ValidationContext } from '../domain/validate-email.js';
 import type { FlowControl } from '../flow/flow-control.js';
 import type { DevInbox } from '../inbox/dev-inbox.js';
 import type { Store } from '../store/store.js';
+import type { Metrics } from '../telemetry/metrics.js';
 import type { ComponentHealth, Transport } from '../transport/transport.js';
 import type { ApiRateLimit } from './api-rate-limit.js';
 import type { ApiKeyAuth } from './auth.js';
@@ -22,6 +23,8 @@ export interface ApiContext {
   readonly apiRateLimit: ApiRateLimit | undefined;
   /** The worker's circuit breaker and rate limits; undefined when this process runs no worker. */
   readonly flow: FlowControl | undefined;
+  /** This process's Prometheus registry, served at /metrics. */
+  readonly metrics: Metrics;
   /** MAILROOM_CHAOS in words, when fault injection is on. */
   readonly chaos: string | undefined;
   /** Jobs were committed (replayed, say): publish or pick them up now rather than at the next poll. */

@@ -6,6 +6,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } 
 import type { Logger } from 'pino';
 import { MailroomError } from '../errors.js';
 import { registerInboxRoutes } from '../inbox/inbox-routes.js';
+import { VERSION } from '../version.js';
 import type { ApiContext } from './api-context.js';
 import { handleError } from './error-handler.js';
 import { registerCompatRoutes } from './routes/compat-routes.js';
@@ -17,7 +18,7 @@ import { registerSystemRoutes } from './routes/system-routes.js';
 /** Routes that need an API key when keys are configured. */
 const PROTECTED_PREFIXES = ['/v1/', '/api/'];
 /** Routes answered even while shutting down, so orchestrators can watch it happen. */
-const ALWAYS_OPEN = new Set(['/health', '/ready']);
+const ALWAYS_OPEN = new Set(['/health', '/ready', '/metrics']);
 
 /**
  * Assembles the HTTP API. It does not listen: `app.inject()` drives it in tests, and the composition
@@ -43,6 +44,15 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
       .status(404)
       .send({ error: { code: 'NOT_FOUND', message: `No route ${request.method} ${request.url}.` } });
   });
+  // RED metrics by route template (never the raw URL: ids would make a series each).
+  app.addHook('onResponse', async (request, reply) => {
+    ctx.metrics.httpAnswered(
+      request.routeOptions.url ?? 'unmatched',
+      request.method,
+      reply.statusCode,
+      reply.elapsedTime / 1000,
+    );
+  });
   app.decorateRequest('authScope', '');
   app.addHook('onRequest', async (request) => {
     const path = request.url.split('?', 1)[0] ?? '';
@@ -60,7 +70,7 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
     openapi: {
       info: {
         title: 'Mailroom',
-        version: '0.1.0',
+        version: VERSION,
         description: 'Transactional email delivery: accept, queue durably, deliver, track.',
       },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
@@ -75,6 +85,20 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
   await registerCompatRoutes(app, ctx);
   await registerSystemRoutes(app, ctx);
   if (ctx.inbox) await registerInboxRoutes(app, ctx.inbox, ctx.auth);
+  return app;
+}
+
+/**
+ * What a process without the API (`mailroom worker`) serves for its operators: `/metrics`, `/health`
+ * and `/ready`, on MAILROOM_METRICS_PORT.
+ */
+export async function buildOpsServer(ctx: ApiContext, logger: Logger): Promise<FastifyInstance> {
+  const app: FastifyInstance = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    forceCloseConnections: 'idle',
+  });
+  await registerHealthRoutes(app, ctx);
   return app;
 }
 

@@ -98,6 +98,12 @@ function keyList(raw: string): string[] | undefined {
   return keys.every((key) => key.length >= 16 && /^[\x21-\x7e]+$/.test(key)) ? keys : undefined;
 }
 
+/** A tag value: what Prometheus labels and log fields carry without quoting trouble. */
+function label(raw: string): string | undefined {
+  const value = raw.trim();
+  return /^[A-Za-z0-9_.-]{1,64}$/.test(value) ? value : undefined;
+}
+
 function boolean(raw: string): boolean | undefined {
   const value = raw.trim().toLowerCase();
   if (['1', 'true', 'yes', 'on'].includes(value)) return true;
@@ -463,6 +469,41 @@ export const CONFIG_SCHEMA = {
     expected: 'true or false',
     description: 'Force pretty (true) or JSON (false) logs. Default: pretty only when stdout is a terminal.',
     parse: boolean,
+  },
+  metricsPort: {
+    env: 'MAILROOM_METRICS_PORT',
+    default: '9464',
+    expected: PORT,
+    description:
+      '`mailroom worker` only: the port of its `/metrics`, `/health` and `/ready` (processes with the API serve them on MAILROOM_PORT).',
+    parse: integer(0, 65_535),
+  },
+  environment: {
+    env: 'MAILROOM_ENV',
+    expected: 'a label: letters, digits, _ . -, at most 64 characters',
+    description:
+      'The `env` tag on metrics and logs (e.g. production, staging). DD_ENV is used when this is unset.',
+    parse: label,
+  },
+  ddEnv: {
+    env: 'DD_ENV',
+    expected: 'a label: letters, digits, _ . -, at most 64 characters',
+    description: 'Unified service tagging: the `env` tag, when MAILROOM_ENV is unset.',
+    parse: label,
+  },
+  ddService: {
+    env: 'DD_SERVICE',
+    default: 'mailroom',
+    expected: 'a label: letters, digits, _ . -, at most 64 characters',
+    description: 'Unified service tagging: the `service` tag on metrics and logs.',
+    parse: label,
+  },
+  ddVersion: {
+    env: 'DD_VERSION',
+    expected: 'a label: letters, digits, _ . -, at most 64 characters',
+    description:
+      'Unified service tagging: the `version` tag on metrics and logs. Default: the package version.',
+    parse: label,
   },
   apiUrl: {
     env: 'MAILROOM_URL',

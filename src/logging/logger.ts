@@ -4,6 +4,8 @@ export interface LoggerOptions {
   readonly level: string;
   /** Pretty lines for a person at a terminal; JSON lines otherwise. */
   readonly pretty: boolean;
+  /** Unified tags on every line, the same as on metrics: service, env, version. */
+  readonly tags?: Readonly<Record<string, string | undefined>>;
 }
 
 /** Paths that may carry secrets; pino replaces them before a line is written. */
@@ -28,13 +30,23 @@ const REDACT = [
 export function createLogger(options: LoggerOptions): Logger {
   return pino({
     level: options.level,
-    base: { service: 'mailroom' },
+    base: { service: 'mailroom', ...definedOnly(options.tags ?? {}) },
     redact: { paths: REDACT, censor: '[redacted]' },
     ...(options.pretty && {
       transport: {
         target: 'pino-pretty',
-        options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service' },
+        options: {
+          colorize: true,
+          translateTime: 'SYS:HH:MM:ss.l',
+          ignore: 'pid,hostname,service,env,version',
+        },
       },
     }),
   });
+}
+
+function definedOnly(tags: Readonly<Record<string, string | undefined>>): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(tags).filter((entry): entry is [string, string] => entry[1] !== undefined),
+  );
 }

@@ -12,6 +12,7 @@ import type {
   RecordOutcome,
   Store,
 } from '../store/store.js';
+import type { Metrics } from '../telemetry/metrics.js';
 import type { OutgoingMessage, Transport } from '../transport/transport.js';
 import { Batcher } from '../util/batcher.js';
 import { decideOutcome, type RetryPolicy } from './decide-outcome.js';
@@ -24,6 +25,8 @@ export interface WorkerOptions extends RetryPolicy {
   readonly workAdded?: () => void;
   /** The circuit breaker and rate limits every send passes; none: send at will. */
   readonly flow?: FlowControl;
+  /** Where recorded outcomes are counted. */
+  readonly metrics?: Metrics;
 }
 
 interface InFlight {
@@ -31,8 +34,12 @@ interface InFlight {
   leaseToken?: string;
   /** Epoch ms before which the lease certainly holds (taken before the claim was asked for). */
   leaseHoldsUntil?: number;
+  /** The claimed job, once claimed. */
+  job?: Job;
   /** The message was handed to the transport: the relay may have it even if we never hear back. */
   sending: boolean;
+  /** How long the transport took, once it answered. */
+  sendSeconds?: number;
   /** Set once an outcome was recorded (or given up on at shutdown). */
   done: boolean;
   readonly finished: Promise<void>;
@@ -204,6 +211,7 @@ export class Worker {
     entry.leaseToken = claim.leaseToken;
     entry.leaseHoldsUntil = askedAt + this.options.leaseMs;
     const job = claim.job;
+    entry.job = job;
     const log = this.logger.child({ job_id: jobId, attempt: job.attempts });
 
     if (this.stopping) {
@@ -249,7 +257,9 @@ export class Worker {
       return delivery.ack();
     }
     entry.sending = true;
+    const sendStarted = performance.now();
     const result = await this.transport.send(message);
+    entry.sendSeconds = (performance.now() - sendStarted) / 1000;
     const flowDetail = gate?.done(result);
     const decided = decideOutcome(result, job.attempts, this.options, Date.now());
     const outcome = flowDetail ? { ...decided, detail: { ...decided.detail, ...flowDetail } } : decided;
@@ -362,7 +372,17 @@ export class Worker {
       (entry.leaseHoldsUntil ?? 0) - OUTCOME_RETRY_MARGIN_MS,
       log,
     );
-    if (accepted) this.counts[outcome.kind]++;
+    if (accepted) {
+      this.counts[outcome.kind]++;
+      if (entry.job)
+        this.options.metrics?.outcomeRecorded(
+          this.transport.name,
+          entry.job,
+          outcome,
+          entry.sendSeconds,
+          Date.now(),
+        );
+    }
     if (!accepted)
       log.warn({ outcome: outcome.kind }, 'result rejected: the lease was lost to another worker');
     else if (outcome.kind === 'sent') log.debug({ response: outcome.detail.response }, 'sent');

@@ -24,6 +24,8 @@ export const SCALED_OUT_ENV: Readonly<Record<string, string>> = {
   MAILROOM_SHUTDOWN_TIMEOUT_MS: '2000',
   // Several processes share the machine's PostgreSQL with other test runs: small pools.
   MAILROOM_DATABASE_POOL: '4',
+  // Several workers on one machine: each serves /metrics on a free port of its own.
+  MAILROOM_METRICS_PORT: '0',
 };
 
 export class ScaledOutCluster {

@@ -12,6 +12,12 @@ export async function registerHealthRoutes(app: FastifyInstance, ctx: ApiContext
   );
 
   app.get(
+    '/metrics',
+    { schema: { tags: ['health'], summary: 'Prometheus metrics of this process (text exposition format)' } },
+    async (_request, reply) => reply.type(ctx.metrics.contentType).send(await ctx.metrics.render()),
+  );
+
+  app.get(
     '/ready',
     {
       schema: {

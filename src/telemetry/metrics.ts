@@ -1,0 +1,193 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { Job } from '../domain/email.js';
+import type { BreakerState } from '../flow/circuit-breaker.js';
+import type { JobCounts, Outcome } from '../store/store.js';
+import type { ServiceTags } from './service-tags.js';
+
+/**
+ * Mailroom's Prometheus metrics (prom-client), one registry per process. Everything is counted where
+ * it happens (HTTP hook, store intake, worker outcomes, breaker transitions); the job gauges read the
+ * store when scraped, at most once per JOB_COUNTS_TTL_MS, since counting is not free on a big table.
+ */
+
+/** How long a scrape reuses the store's counts. */
+const JOB_COUNTS_TTL_MS = 5000;
+
+const BREAKER_STATE_VALUE: Record<BreakerState, number> = { closed: 0, half_open: 1, open: 2 };
+
+/** Delivery latency runs from milliseconds (embedded, idle) to hours (retries): wide buckets. */
+const DELIVERY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600];
+const SEND_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+const HTTP_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly contentType = this.registry.contentType;
+
+  private readonly httpRequests = new Counter({
+    name: 'mailroom_http_requests_total',
+    help: 'HTTP requests answered, by route template, method and status code.',
+    labelNames: ['route', 'method', 'status'] as const,
+    registers: [this.registry],
+  });
+  private readonly httpDuration = new Histogram({
+    name: 'mailroom_http_request_duration_seconds',
+    help: 'Time to answer an HTTP request, by route template and method.',
+    labelNames: ['route', 'method'] as const,
+    buckets: HTTP_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly accepted = new Counter({
+    name: 'mailroom_emails_accepted_total',
+    help: 'Emails committed as new jobs (from the API or from producers on the broker).',
+    registers: [this.registry],
+  });
+  private readonly sent = new Counter({
+    name: 'mailroom_emails_sent_total',
+    help: 'Emails the relay accepted.',
+    labelNames: ['transport'] as const,
+    registers: [this.registry],
+  });
+  private readonly deferred = new Counter({
+    name: 'mailroom_emails_deferred_total',
+    help: 'Attempts that failed transiently and will be retried, by error code.',
+    labelNames: ['transport', 'code'] as const,
+    registers: [this.registry],
+  });
+  private readonly failed = new Counter({
+    name: 'mailroom_emails_failed_total',
+    help: 'Emails that ended failed, by reason: permanent (5xx), max_attempts, invalid_message.',
+    labelNames: ['transport', 'reason'] as const,
+    registers: [this.registry],
+  });
+  private readonly heldBack = new Counter({
+    name: 'mailroom_emails_held_back_total',
+    help: 'Jobs flow control handed back untried, by reason: circuit_open, rate_limited (with the bucket).',
+    labelNames: ['reason', 'limit'] as const,
+    registers: [this.registry],
+  });
+  private readonly delivery = new Histogram({
+    name: 'mailroom_delivery_seconds',
+    help: 'From acceptance (or send_at, for scheduled emails) to the relay accepting the email.',
+    labelNames: ['transport'] as const,
+    buckets: DELIVERY_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly sendDuration = new Histogram({
+    name: 'mailroom_send_duration_seconds',
+    help: 'One attempt at the transport, by outcome (sent, deferred, failed).',
+    labelNames: ['transport', 'outcome'] as const,
+    buckets: SEND_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly breakerState = new Gauge({
+    name: 'mailroom_breaker_state',
+    help: 'The transport circuit breaker of this process: 0 closed, 1 half-open, 2 open.',
+    labelNames: ['transport'] as const,
+    registers: [this.registry],
+  });
+  private readonly breakerTransitions = new Counter({
+    name: 'mailroom_breaker_transitions_total',
+    help: 'Circuit breaker transitions, by the state entered.',
+    labelNames: ['transport', 'to'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(labels: ServiceTags, countJobs?: () => Promise<JobCounts>) {
+    this.registry.setDefaultLabels({
+      service: labels.service,
+      version: labels.version,
+      ...(labels.env && { env: labels.env }),
+    });
+    collectDefaultMetrics({ register: this.registry });
+    if (countJobs) this.registerJobGauges(countJobs);
+  }
+
+  /** The text a Prometheus scrape gets. */
+  render(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  httpAnswered(route: string, method: string, status: number, seconds: number): void {
+    this.httpRequests.inc({ route, method, status: String(status) });
+    this.httpDuration.observe({ route, method }, seconds);
+  }
+
+  jobsAccepted(count: number): void {
+    if (count > 0) this.accepted.inc(count);
+  }
+
+  /** A worker recorded `outcome` for `job` after `sendSeconds` at the transport (none: never sent). */
+  outcomeRecorded(
+    transport: string,
+    job: Job,
+    outcome: Outcome,
+    sendSeconds: number | undefined,
+    now: number,
+  ): void {
+    const code = String(outcome.detail.code ?? '');
+    switch (outcome.kind) {
+      case 'sent':
+        this.sent.inc({ transport });
+        this.delivery.observe(
+          { transport },
+          Math.max(0, now - Math.max(job.createdAt, job.sendAt ?? 0)) / 1000,
+        );
+        break;
+      case 'deferred':
+        this.deferred.inc({ transport, code });
+        break;
+      case 'failed':
+        this.failed.inc({ transport, reason: outcome.deadLetter ?? 'permanent' });
+        break;
+      case 'released':
+        if (code === 'CIRCUIT_OPEN') this.heldBack.inc({ reason: 'circuit_open', limit: '' });
+        if (code === 'RATE_LIMITED')
+          this.heldBack.inc({ reason: 'rate_limited', limit: String(outcome.detail.limit ?? '') });
+        break;
+    }
+    if (sendSeconds !== undefined && outcome.kind !== 'released') {
+      this.sendDuration.observe({ transport, outcome: outcome.kind }, sendSeconds);
+    }
+  }
+
+  breakerEntered(transport: string, state: BreakerState, counted = true): void {
+    this.breakerState.set({ transport }, BREAKER_STATE_VALUE[state]);
+    if (counted) this.breakerTransitions.inc({ transport, to: state });
+  }
+
+  private registerJobGauges(countJobs: () => Promise<JobCounts>): void {
+    let cached: { at: number; counts: Promise<JobCounts> } | undefined;
+    const counts = () => {
+      const now = Date.now();
+      if (!cached || now - cached.at >= JOB_COUNTS_TTL_MS) {
+        cached = { at: now, counts: countJobs() };
+        // A failed count is not kept: the next scrape asks again.
+        cached.counts.catch(() => {
+          cached = undefined;
+        });
+      }
+      return cached.counts;
+    };
+    new Gauge({
+      name: 'mailroom_jobs',
+      help: 'Jobs in the store by status (queue depth: queued, scheduled, processing, deferred). Store-wide: every process reports the same figure.',
+      labelNames: ['status'] as const,
+      registers: [this.registry],
+      async collect() {
+        // A store that cannot answer leaves the last figures: the scrape itself must not fail.
+        const found = await counts().catch(() => undefined);
+        for (const [status, n] of Object.entries(found?.byStatus ?? {})) this.set({ status }, n);
+      },
+    });
+    new Gauge({
+      name: 'mailroom_dead_letters',
+      help: 'Failed jobs kept for replay. Store-wide.',
+      registers: [this.registry],
+      async collect() {
+        const found = await counts().catch(() => undefined);
+        if (found) this.set(found.deadLetters);
+      },
+    });
+  }
+}
