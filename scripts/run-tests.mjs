@@ -13,7 +13,13 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 
 /** The files that test behaviour through the API only, so they hold for every shape. */
-const SHAPE_NEUTRAL = ['test/api.test.ts', 'test/compat.test.ts', 'test/delivery.test.ts'];
+const SHAPE_NEUTRAL = [
+  'test/api.test.ts',
+  'test/compat.test.ts',
+  'test/delivery.test.ts',
+  'test/attachments.test.ts',
+  'test/batch.test.ts',
+];
 
 const POSTGRES = [
   'PostgreSQL',
