@@ -192,4 +192,15 @@ describe('POST /v1/emails/batch and MAILROOM_API_RATE_PER_MIN', () => {
     const single = await t.request('POST', '/v1/emails', email('rate-single'));
     assert.equal(single.statusCode, 429, single.body);
   });
+
+  test('a batch larger than the whole per-minute allowance is refused, saying how large one may be', async () => {
+    const before = await jobCount(t);
+    const refused = await t.request('POST', '/v1/emails/batch', {
+      emails: Array.from({ length: 6 }, (_, i) => email(`too-many-${i}`)),
+    });
+    assert.equal(refused.statusCode, 429, refused.body);
+    assert.match((refused.json() as { error: { message: string } }).error.message, /send at most 5 at once/);
+    assert.equal(refused.headers['retry-after'], undefined, 'waiting would not help');
+    assert.equal(await jobCount(t), before);
+  });
 });

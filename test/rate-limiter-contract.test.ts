@@ -225,6 +225,46 @@ function rateLimiterContract(adapter: Adapter): void {
       assert.equal(levels[2], levels[0]);
     });
 
+    test('several tokens at once: all from every bucket, or none; waits count the missing tokens', async () => {
+      const spec = bucket(0.01, 5); // one token per 100 s
+      const wide = bucket(0.01, 10);
+      const start = fixture.now();
+      assert.deepEqual(await limiter.take([spec, wide], 0, 3), { kind: 'granted', waitMs: 0 });
+      const denied = await limiter.take([spec, wide], 0, 3);
+      const elapsed = since(start);
+      assert.equal(denied.kind, 'denied');
+      // 2 left of 5, 3 wanted: one token short, 100 s at this rate.
+      assertBetween(
+        denied.kind === 'denied' ? denied.retryInMs : undefined,
+        100_000 - elapsed - 1,
+        100_000,
+        'retryInMs',
+      );
+      const [level, wideLevel] = await limiter.levels([spec, wide]);
+      assertBetween(level, 2, 2 + (since(start) * 0.01) / 1000, 'the bucket after one take of 3');
+      assertBetween(
+        wideLevel,
+        7,
+        7 + (since(start) * 0.01) / 1000,
+        'the other bucket, untouched by the denial',
+      );
+      // A reservation of several tokens waits for the last of them.
+      const reserved = await limiter.take([spec], 300_000, 4);
+      assertBetween(
+        reserved.kind === 'granted' ? reserved.waitMs : undefined,
+        200_000 - since(start) - 1,
+        200_000,
+        'waitMs',
+      );
+      await assert.rejects(
+        limiter.take([spec], 0, 6),
+        RangeError,
+        'more than the burst can never be granted',
+      );
+      await assert.rejects(limiter.take([spec], 0, 1.5), RangeError);
+      await assert.rejects(limiter.take([spec], 0, 0), RangeError);
+    });
+
     test('an empty take is granted at once; bad specs and waits are refused', async () => {
       assert.deepEqual(await limiter.take([], 0), { kind: 'granted', waitMs: 0 });
       assert.deepEqual(await limiter.levels([]), []);
@@ -428,7 +468,7 @@ describe('RateLimiter state that goes idle', () => {
     try {
       await assert.rejects(limiter.take([bucket(1, 1)], 0), {
         name: 'RateLimiterUnavailableError',
-        message: /lacks migration 2: run `mailroom migrate`/,
+        message: /lacks migrations 2 and 3: run `mailroom migrate`/,
       });
     } finally {
       await limiter.close();

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { MailroomError } from '../errors.js';
-import type { BucketSpec, RateLimiter } from '../flow/rate-limiter.js';
+import type { RateLimiter, TakeResult } from '../flow/rate-limiter.js';
 
 /** How often a failing shared limiter is reported in the log. */
 const LIMITER_ERROR_LOG_MS = 10_000;
@@ -23,12 +23,9 @@ export class ApiRateLimit {
   ) {}
 
   /**
-   * Takes `count` emails' worth from the key's bucket, or throws RATE_LIMITED and takes nothing.
-   * The limiter takes one token per call, so a batch is admitted when the bucket holds `count`
-   * tokens (or is full, for a batch larger than the burst), then debited token by token with
-   * reservations allowed: the bucket may go below zero, and later requests wait until it refills.
-   * Two batches racing between the look and the debit can both pass; the debt they leave keeps
-   * the rate over time.
+   * Takes `count` emails' worth from the key's bucket in one atomic take, or throws RATE_LIMITED and
+   * takes nothing. A batch larger than the whole per-minute allowance can never fit: it is refused
+   * with a message that says how large a batch may be.
    */
   async check(scope: string, count = 1): Promise<void> {
     const bucket = {
@@ -36,9 +33,15 @@ export class ApiRateLimit {
       ratePerSec: this.perMinute / 60,
       burst: this.perMinute,
     };
-    let retryInMs: number | undefined;
+    if (count > this.perMinute) {
+      throw new MailroomError(
+        'RATE_LIMITED',
+        `This API key may submit ${this.perMinute} emails a minute (MAILROOM_API_RATE_PER_MIN): a batch of ${count} can never fit; send at most ${this.perMinute} at once.`,
+      );
+    }
+    let result: TakeResult;
     try {
-      retryInMs = await this.take(this.limiter, bucket, count);
+      result = await this.limiter.take([bucket], 0, count);
     } catch (error) {
       if (Date.now() - this.lastErrorLog >= LIMITER_ERROR_LOG_MS) {
         this.lastErrorLog = Date.now();
@@ -47,30 +50,15 @@ export class ApiRateLimit {
           'API rate limit: the shared limiter failed; limiting per process until it answers again',
         );
       }
-      retryInMs = await this.take(this.fallback, bucket, count);
+      result = await this.fallback.take([bucket], 0, count);
     }
-    if (retryInMs === undefined) return;
-    const seconds = Math.max(1, Math.ceil(retryInMs / 1000));
+    if (result.kind === 'granted') return;
+    const seconds = Math.max(1, Math.ceil(result.retryInMs / 1000));
     throw new MailroomError(
       'RATE_LIMITED',
       `This API key may submit ${this.perMinute} emails a minute (MAILROOM_API_RATE_PER_MIN)${count > 1 ? `; this batch counts ${count}` : ''}; retry in ${seconds} s.`,
       [],
       { retryAfterSeconds: seconds },
     );
-  }
-
-  /** Undefined when granted; otherwise ms until the bucket could grant the take. */
-  private async take(limiter: RateLimiter, bucket: BucketSpec, count: number): Promise<number | undefined> {
-    if (count <= 1) {
-      const result = await limiter.take([bucket], 0);
-      return result.kind === 'granted' ? undefined : result.retryInMs;
-    }
-    const needed = Math.min(count, bucket.burst);
-    const [level = 0] = await limiter.levels([bucket]);
-    if (level < needed) return ((needed - level) / bucket.ratePerSec) * 1000;
-    // Each take may reserve up to the time `count` tokens take to arrive, so none is refused.
-    const maxWaitMs = Math.ceil((count / bucket.ratePerSec) * 1000) + 1000;
-    await Promise.all(Array.from({ length: count }, () => limiter.take([bucket], maxWaitMs)));
-    return undefined;
   }
 }

@@ -42,9 +42,18 @@ export function refill(level: number, elapsedMs: number, { ratePerSec, burst }: 
   return Math.min(burst, level + (Math.max(0, elapsedMs) * ratePerSec) / 1000);
 }
 
-/** Exact ms until the bucket holds one whole token (0 when it does). */
-export function tokenWaitMs(level: number, { ratePerSec }: BucketSpec): number {
-  return level >= 1 ? 0 : ((1 - level) / ratePerSec) * 1000;
+/** Exact ms until the bucket holds `tokens` whole tokens (0 when it does). */
+export function tokenWaitMs(level: number, { ratePerSec }: BucketSpec, tokens = 1): number {
+  return level >= tokens ? 0 : ((tokens - level) / ratePerSec) * 1000;
+}
+
+/** `tokens` must be a whole number from 1 to every bucket's burst, or no take could ever be granted. */
+export function checkTokens(tokens: number, buckets: readonly BucketSpec[]): void {
+  if (!(Number.isInteger(tokens) && tokens >= 1))
+    throw new RangeError(`tokens must be a whole number >= 1, got ${tokens}`);
+  const small = buckets.find((bucket) => bucket.burst < tokens);
+  if (small)
+    throw new RangeError(`bucket ${small.key}: ${tokens} tokens is more than its burst (${small.burst})`);
 }
 
 /** A wait rounded up to whole ms, so that a caller who waits it never acts early. */

@@ -5,6 +5,7 @@
 import {
   checkBucket,
   checkMaxWait,
+  checkTokens,
   distinctBuckets,
   msUntilFull,
   refill,
@@ -38,15 +39,16 @@ export class MemoryRateLimiter implements RateLimiter {
     this.now = options.now ?? Date.now;
   }
 
-  async take(buckets: readonly BucketSpec[], maxWaitMs: number): Promise<TakeResult> {
+  async take(buckets: readonly BucketSpec[], maxWaitMs: number, tokens = 1): Promise<TakeResult> {
     checkMaxWait(maxWaitMs);
     const specs = distinctBuckets(buckets);
+    checkTokens(tokens, specs);
     const now = this.now();
     const levels = specs.map((spec) => this.levelAt(spec, now));
-    const waitMs = roundWaitMs(Math.max(0, ...specs.map((spec, i) => tokenWaitMs(levels[i]!, spec))));
+    const waitMs = roundWaitMs(Math.max(0, ...specs.map((spec, i) => tokenWaitMs(levels[i]!, spec, tokens))));
     if (waitMs > maxWaitMs) return { kind: 'denied', retryInMs: waitMs };
     specs.forEach((spec, i) => {
-      const level = levels[i]! - 1;
+      const level = levels[i]! - tokens;
       this.buckets.set(spec.key, { level, at: now, fullAt: now + msUntilFull(level, spec) });
     });
     if (++this.takesSinceSweep >= SWEEP_EVERY) this.sweep(now);

@@ -1,12 +1,12 @@
 /**
  * The rate limiter shared through PostgreSQL: buckets are rows of `rate_buckets` in the store's
- * schema, and a take is one call of the `rate_take` function (both from the store's migration 2),
+ * schema, and a take is one call of the `rate_take` function (from the store's migrations 2 and 3),
  * one round trip. The function locks the rows in key order and reads the server's clock, so
  * processes on several machines agree.
  */
 import pg from 'pg';
 import { checkSchemaName } from '../store/postgres/database.js';
-import { checkMaxWait, distinctBuckets } from './bucket-math.js';
+import { checkMaxWait, checkTokens, distinctBuckets } from './bucket-math.js';
 import {
   type BucketSpec,
   type RateLimiter,
@@ -30,7 +30,7 @@ export interface PostgresRateLimiterOptions {
 /** Named: each connection parses and plans it once. Keys sorted and distinct (`distinctBuckets`). */
 const TAKE = {
   name: 'mailroom_rate_take',
-  text: 'SELECT granted, wait_ms FROM rate_take($1::text[], $2::float8[], $3::float8[], $4::float8)',
+  text: 'SELECT granted, wait_ms FROM rate_take($1::text[], $2::float8[], $3::float8[], $4::float8, $5::float8)',
 };
 
 const LEVELS = {
@@ -50,7 +50,7 @@ const LEVELS = {
 const PRUNE = `DELETE FROM rate_buckets WHERE key IN (
   SELECT key FROM rate_buckets WHERE full_at <= clock_timestamp() FOR UPDATE SKIP LOCKED)`;
 
-/** SQLSTATEs of a schema that lacks migration 2: undefined function, undefined table. */
+/** SQLSTATEs of a schema that lacks migrations 2 and 3: undefined function, undefined table. */
 const NOT_MIGRATED = new Set(['42883', '42P01']);
 
 export class PostgresRateLimiter implements RateLimiter {
@@ -84,13 +84,15 @@ export class PostgresRateLimiter implements RateLimiter {
     this.pool.on('connect', (client) => client.on('error', () => {}));
   }
 
-  async take(buckets: readonly BucketSpec[], maxWaitMs: number): Promise<TakeResult> {
+  async take(buckets: readonly BucketSpec[], maxWaitMs: number, tokens = 1): Promise<TakeResult> {
     checkMaxWait(maxWaitMs);
     const specs = distinctBuckets(buckets);
+    checkTokens(tokens, specs);
     if (specs.length === 0) return { kind: 'granted', waitMs: 0 };
     const { rows } = await this.run<{ granted: boolean; wait_ms: number }>(TAKE, [
       ...columns(specs),
       maxWaitMs,
+      tokens,
     ]);
     this.maybePrune();
     const { granted, wait_ms: waitMs } = rows[0]!;
@@ -137,7 +139,9 @@ export class PostgresRateLimiter implements RateLimiter {
     } catch (error) {
       const { code, message } = error as { code?: string; message?: string };
       const hint =
-        code && NOT_MIGRATED.has(code) ? ' (the schema lacks migration 2: run `mailroom migrate`)' : '';
+        code && NOT_MIGRATED.has(code)
+          ? ' (the schema lacks migrations 2 and 3: run `mailroom migrate`)'
+          : '';
       throw new RateLimiterUnavailableError(
         `PostgreSQL rate limiter (schema ${this.schema}): ${message ?? String(error)}${hint}`,
         { cause: error },

@@ -30,7 +30,7 @@ export type TakeResult =
 export interface RateLimiter {
   readonly name: 'memory' | 'redis' | 'postgres';
   /**
-   * Takes one token from every bucket in `buckets`, all or none, atomically (across processes for
+   * Takes `tokens` (default 1, at most every bucket's burst) from every bucket in `buckets`, all or none, atomically (across processes for
    * the shared adapters). A bucket refills at `ratePerSec` up to `burst`; a bucket never seen (or
    * idle long enough to be forgotten) is full. When a token is not there yet, the take is still
    * granted if every bucket's token arrives within `maxWaitMs`: the token is reserved (the level
@@ -41,7 +41,7 @@ export interface RateLimiter {
    * `RateLimiterUnavailableError` when the shared state cannot be reached (the caller decides
    * whether to act without a limit, wait or give up).
    */
-  take(buckets: readonly BucketSpec[], maxWaitMs: number): Promise<TakeResult>;
+  take(buckets: readonly BucketSpec[], maxWaitMs: number, tokens?: number): Promise<TakeResult>;
   /**
    * The level of each bucket now, in the order given (tokens, may be negative), for a status
    * endpoint. Unknown keys are full. Changes nothing.

@@ -5,7 +5,7 @@
  * machines whose clocks differ still agree.
  */
 import { Redis } from 'ioredis';
-import { checkMaxWait, distinctBuckets } from './bucket-math.js';
+import { checkMaxWait, checkTokens, distinctBuckets } from './bucket-math.js';
 import {
   type BucketSpec,
   type RateLimiter,
@@ -39,22 +39,23 @@ end
 
 /**
  * KEYS: the buckets, distinct. ARGV[1]: maxWaitMs; ARGV[2i], ARGV[2i+1]: bucket i's rate (tokens
- * per s) and burst. Returns {1, waitMs} when granted, {0, retryInMs} when not; the arithmetic is
+ * per s) and burst; the last ARGV: the tokens to take. Returns {1, waitMs} when granted, {0, retryInMs} when not; the arithmetic is
  * bucket-math.ts's. Numbers are written with %.17g: Lua's default (%.14g) would cut the time to
  * 0.1 ms. A bucket expires a second after it would be full again: by then it is the same as none.
  */
 const TAKE_SCRIPT = `
 if redis.replicate_commands then redis.replicate_commands() end -- TIME before writes, Redis < 5
 ${LUA_COMMON}
+local tokens = tonumber(ARGV[2 * #KEYS + 2]) or 1
 local levels, rates, bursts, wait = {}, {}, {}, 0
 for i = 1, #KEYS do
   levels[i], rates[i], bursts[i] = bucket(i)
-  if levels[i] < 1 then wait = math.max(wait, (1 - levels[i]) / rates[i]) end
+  if levels[i] < tokens then wait = math.max(wait, (tokens - levels[i]) / rates[i]) end
 end
 local waitMs = math.max(0, math.ceil(wait - 1e-6))
 if waitMs > tonumber(ARGV[1]) then return {0, waitMs} end
 for i = 1, #KEYS do
-  local level = levels[i] - 1
+  local level = levels[i] - tokens
   redis.call('HSET', KEYS[i], 'level', string.format('%.17g', level), 'at', string.format('%.17g', now))
   redis.call('PEXPIRE', KEYS[i], math.ceil((bursts[i] - level) / rates[i]) + 1000)
 end
@@ -110,12 +111,13 @@ export class RedisRateLimiter implements RateLimiter {
     this.scripts = this.redis as unknown as RateScripts;
   }
 
-  async take(buckets: readonly BucketSpec[], maxWaitMs: number): Promise<TakeResult> {
+  async take(buckets: readonly BucketSpec[], maxWaitMs: number, tokens = 1): Promise<TakeResult> {
     checkMaxWait(maxWaitMs);
     const specs = distinctBuckets(buckets);
+    checkTokens(tokens, specs);
     if (specs.length === 0) return { kind: 'granted', waitMs: 0 };
     const [granted, waitMs] = await this.run(() =>
-      this.scripts.mailroomRateTake(specs.length, ...this.scriptArgs(specs, maxWaitMs)),
+      this.scripts.mailroomRateTake(specs.length, ...this.scriptArgs(specs, maxWaitMs), String(tokens)),
     );
     return granted === 1 ? { kind: 'granted', waitMs } : { kind: 'denied', retryInMs: waitMs };
   }

@@ -153,6 +153,59 @@ export const MIGRATIONS: readonly Migration[] = [
       END $$;
     `,
   },
+  {
+    version: 3,
+    name: 'rate_take takes several tokens',
+    // A batch of emails costs one token each from the API key's bucket, in one atomic take. The
+    // 4-argument function is replaced by one whose `tokens` defaults to 1, so a process still
+    // calling it the old way (during a rolling upgrade) takes one token as before.
+    sql: `
+      DROP FUNCTION rate_take(text[], double precision[], double precision[], double precision);
+
+      CREATE FUNCTION rate_take(keys text[], rates double precision[], bursts double precision[],
+                                max_wait_ms double precision, tokens double precision DEFAULT 1,
+                                OUT granted boolean, OUT wait_ms double precision)
+      LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+      DECLARE
+        levels double precision[] := '{}';
+        stamps timestamptz[] := '{}';
+        found_level double precision;
+        found_at timestamptz;
+        now_ts timestamptz;
+        exact_ms double precision := 0;
+      BEGIN
+        FOR i IN 1 .. coalesce(cardinality(keys), 0) LOOP
+          LOOP
+            SELECT b.level, b.updated_at INTO found_level, found_at FROM rate_buckets b
+              WHERE b.key = keys[i] FOR UPDATE;
+            EXIT WHEN FOUND;
+            -- A new bucket starts full. Another take may be inserting it too (then this waits for it
+            -- and inserts nothing), or a prune deleting it: either way, look again.
+            INSERT INTO rate_buckets (key, level, updated_at, full_at)
+              VALUES (keys[i], bursts[i], clock_timestamp(), clock_timestamp())
+              ON CONFLICT (key) DO NOTHING;
+          END LOOP;
+          levels[i] := found_level;
+          stamps[i] := found_at;
+        END LOOP;
+        now_ts := clock_timestamp();
+        FOR i IN 1 .. coalesce(cardinality(keys), 0) LOOP
+          levels[i] := least(bursts[i],
+            levels[i] + greatest(0, extract(epoch FROM now_ts - stamps[i])::double precision) * rates[i]);
+          IF levels[i] < tokens THEN exact_ms := greatest(exact_ms, (tokens - levels[i]) / rates[i] * 1000); END IF;
+        END LOOP;
+        wait_ms := greatest(0, ceil(exact_ms - 1e-6));
+        granted := wait_ms <= max_wait_ms;
+        IF granted THEN
+          UPDATE rate_buckets b
+             SET level = v.level - tokens, updated_at = now_ts,
+                 full_at = now_ts + make_interval(secs => (v.burst - v.level + tokens) / v.rate)
+            FROM unnest(keys, levels, rates, bursts) AS v(key, level, rate, burst)
+           WHERE b.key = v.key;
+        END IF;
+      END $$;
+    `,
+  },
 ];
 
 /** Creates the schema if missing and applies the migrations it lacks. */
