@@ -138,5 +138,13 @@ describe('mailroom worker serves /metrics, /health and /ready on MAILROOM_METRIC
       'worker',
     ]);
     assert.equal((await fetch(`${ops}/v1/emails`)).status, 404, 'no API on the ops port');
+    // The worker's own circuit breaker, which an API process cannot see.
+    const breakers = (await (await fetch(`${ops}/v1/system/breakers`)).json()) as {
+      breakers: { state: string }[];
+    };
+    assert.deepEqual(
+      breakers.breakers.map((breaker) => breaker.state),
+      ['closed'],
+    );
   });
 });

@@ -89,8 +89,9 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
 }
 
 /**
- * What a process without the API (`mailroom worker`) serves for its operators: `/metrics`, `/health`
- * and `/ready`, on MAILROOM_METRICS_PORT.
+ * What a process without the API (`mailroom worker`) serves for its operators: `/metrics`, `/health`,
+ * `/ready` and its flow control (`/v1/system/breakers`, `/v1/system/limits`), on MAILROOM_METRICS_PORT.
+ * Read-only and without API keys, like a metrics endpoint: bind it where only operators reach it.
  */
 export async function buildOpsServer(ctx: ApiContext, logger: Logger): Promise<FastifyInstance> {
   const app: FastifyInstance = Fastify({
@@ -99,6 +100,7 @@ export async function buildOpsServer(ctx: ApiContext, logger: Logger): Promise<F
     forceCloseConnections: 'idle',
   });
   await registerHealthRoutes(app, ctx);
+  await registerSystemRoutes(app, ctx);
   return app;
 }
 

@@ -18,7 +18,9 @@ export async function registerSystemRoutes(app: FastifyInstance, ctx: ApiContext
     },
     async () => ({
       breakers: ctx.flow ? [presentBreaker(ctx.flow.breakerSnapshot())] : [],
-      ...(!ctx.flow && { note: 'this process runs no worker (mailroom api): ask a process that sends' }),
+      ...(!ctx.flow && {
+        note: 'this process runs no worker (mailroom api): each mailroom worker serves its own on MAILROOM_METRICS_PORT',
+      }),
     }),
   );
 
