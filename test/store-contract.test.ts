@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { after, afterEach, beforeEach, describe, test } from 'node:test';
 import pg from 'pg';
 import type { EmailContent, IdempotencyClaim, JobStatus, NewJob } from '../src/domain/email.js';
+import type { TemplateContent } from '../src/domain/template.js';
 import { MIGRATIONS } from '../src/store/postgres/migrations.js';
 import { PostgresStore, type PostgresStoreOptions } from '../src/store/postgres/postgres-store.js';
 import { ThreadedSqliteStore } from '../src/store/sqlite/threaded-sqlite-store.js';
@@ -1031,6 +1032,92 @@ function storeContract(
 
     test('health is ok', async () => {
       assert.deepEqual(await store.health(), { ok: true });
+    });
+
+    describe('templates', () => {
+      const welcome: TemplateContent = {
+        subject: 'Welcome, {{name}}',
+        html: '<p>Hi {{name}}</p>',
+        requiredVariables: ['name'],
+      };
+      const welcome2: TemplateContent = {
+        subject: 'Hello {{name}}',
+        text: 'Hi {{name}}, see {{link}}',
+        mjml: '<mjml></mjml>',
+        requiredVariables: ['link', 'name'],
+      };
+
+      test('createTemplate saves version 1; a taken code writes nothing', async () => {
+        assert.deepEqual(await store.createTemplate('welcome', welcome, T0), {
+          code: 'welcome',
+          version: 1,
+          savedAt: T0,
+          ...welcome,
+        });
+        assert.equal(await store.createTemplate('welcome', welcome2, T0 + 1), undefined);
+        assert.deepEqual(await store.getTemplate('welcome'), {
+          code: 'welcome',
+          version: 1,
+          savedAt: T0,
+          ...welcome,
+        });
+      });
+
+      test('updateTemplate adds a version; getTemplate returns the newest or the one asked for', async () => {
+        await store.createTemplate('welcome', welcome, T0);
+        assert.equal(await store.updateTemplate('missing', welcome2, T0), undefined);
+        const v2 = await store.updateTemplate('welcome', welcome2, T0 + 1000);
+        assert.deepEqual(v2, { code: 'welcome', version: 2, savedAt: T0 + 1000, ...welcome2 });
+        assert.deepEqual(await store.getTemplate('welcome'), v2);
+        assert.equal((await store.getTemplate('welcome', 1))?.subject, welcome.subject);
+        assert.equal(await store.getTemplate('welcome', 3), undefined);
+        assert.equal(await store.getTemplate('other'), undefined);
+      });
+
+      test('concurrent updates get distinct versions', async () => {
+        await store.createTemplate('welcome', welcome, T0);
+        const saved = await Promise.all(
+          Array.from({ length: 8 }, (_, i) => store.updateTemplate('welcome', welcome2, T0 + i)),
+        );
+        assert.deepEqual(
+          saved.map((v) => v?.version).sort((a, b) => a! - b!),
+          [2, 3, 4, 5, 6, 7, 8, 9],
+        );
+        assert.equal((await store.getTemplate('welcome'))?.version, 9);
+      });
+
+      test('listTemplates pages by code with the newest version; listTemplateVersions lists them all', async () => {
+        for (const code of ['c', 'a', 'b']) await store.createTemplate(code, welcome, T0);
+        await store.updateTemplate('b', welcome2, T0 + 5);
+        assert.deepEqual(await store.listTemplates(2), [
+          { code: 'a', version: 1, subject: welcome.subject, savedAt: T0 },
+          { code: 'b', version: 2, subject: welcome2.subject, savedAt: T0 + 5 },
+        ]);
+        assert.deepEqual(
+          (await store.listTemplates(2, 'b')).map((t) => t.code),
+          ['c'],
+        );
+        assert.deepEqual(await store.listTemplateVersions('b'), [
+          { code: 'b', version: 1, subject: welcome.subject, savedAt: T0 },
+          { code: 'b', version: 2, subject: welcome2.subject, savedAt: T0 + 5 },
+        ]);
+        assert.equal(await store.listTemplateVersions('zzz'), undefined);
+      });
+
+      test('deleteTemplate removes every version; the code can be used again from version 1', async () => {
+        await store.createTemplate('welcome', welcome, T0);
+        await store.updateTemplate('welcome', welcome2, T0 + 1);
+        assert.equal(await store.deleteTemplate('welcome'), true);
+        assert.equal(await store.deleteTemplate('welcome'), false);
+        assert.equal(await store.getTemplate('welcome'), undefined);
+        assert.equal(await store.getTemplate('welcome', 2), undefined);
+        assert.equal(await store.listTemplateVersions('welcome'), undefined);
+        assert.equal((await store.createTemplate('welcome', welcome2, T0 + 2))?.version, 1);
+        assert.deepEqual(
+          (await store.listTemplateVersions('welcome'))?.map((v) => v.version),
+          [1],
+        );
+      });
     });
   });
 }

@@ -16,6 +16,7 @@ import {
   type NewJob,
   type Priority,
 } from '../domain/email.js';
+import type { TemplateContent, TemplateVersion, TemplateVersionSummary } from '../domain/template.js';
 import type { ComponentHealth } from '../transport/transport.js';
 
 export type CreateJobResult =
@@ -225,6 +226,25 @@ export interface Store {
   countJobs(): Promise<JobCounts>;
   /** Deletes idempotency keys older than `before` (epoch ms). */
   pruneIdempotencyKeys(before: number): Promise<number>;
+
+  /**
+   * Saves version 1 of a new template. Undefined (and nothing written) when the code is taken.
+   * Durable before it resolves.
+   */
+  createTemplate(code: string, content: TemplateContent, now: number): Promise<TemplateVersion | undefined>;
+  /**
+   * Saves the next version of a template (the newest + 1, numbered atomically: two concurrent saves
+   * get two versions). Undefined when there is no such template.
+   */
+  updateTemplate(code: string, content: TemplateContent, now: number): Promise<TemplateVersion | undefined>;
+  /** One version; the newest when `version` is absent. */
+  getTemplate(code: string, version?: number): Promise<TemplateVersion | undefined>;
+  /** The newest version of each template, by code, after `after` (exclusive), up to `limit`. */
+  listTemplates(limit: number, after?: string): Promise<TemplateVersionSummary[]>;
+  /** Every version of a template, oldest first; undefined when there is no such template. */
+  listTemplateVersions(code: string): Promise<TemplateVersionSummary[] | undefined>;
+  /** Deletes a template and all its versions. False when there was none. Emails already accepted keep their content. */
+  deleteTemplate(code: string): Promise<boolean>;
 }
 
 /** Turns `status, count` rows into a count for every status, 0 for those with no row. */

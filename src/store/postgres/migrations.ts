@@ -206,6 +206,29 @@ export const MIGRATIONS: readonly Migration[] = [
       END $$;
     `,
   },
+  {
+    version: 4,
+    name: 'templates and their versions',
+    sql: `
+      CREATE TABLE templates (
+        code           text COLLATE "C" PRIMARY KEY,
+        latest_version integer NOT NULL,
+        created_at     bigint NOT NULL
+      );
+
+      CREATE TABLE template_versions (
+        code               text COLLATE "C" NOT NULL REFERENCES templates ON DELETE CASCADE,
+        version            integer NOT NULL,
+        subject            text NOT NULL,
+        html               text,                       -- compiled from mjml when that is set
+        text               text,
+        mjml               text,
+        required_variables json NOT NULL,              -- array of dotted paths
+        saved_at           bigint NOT NULL,
+        PRIMARY KEY (code, version)
+      );
+    `,
+  },
 ];
 
 /** Creates the schema if missing and applies the migrations it lacks. */

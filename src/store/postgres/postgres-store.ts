@@ -7,6 +7,7 @@ import {
   type NewJob,
   PRIORITY_BY_RANK,
 } from '../../domain/email.js';
+import type { TemplateContent, TemplateVersion, TemplateVersionSummary } from '../../domain/template.js';
 import type { ComponentHealth } from '../../transport/transport.js';
 import { decodeCursor, encodeCursor } from '../cursor.js';
 import {
@@ -31,6 +32,7 @@ import { createJobs } from './create-jobs.js';
 import { CommitOutcomeUnknownError, checkSchemaName, Database } from './database.js';
 import { migrate } from './migrations.js';
 import { PostgresOutbox } from './postgres-outbox.js';
+import { PostgresTemplates } from './postgres-templates.js';
 import { probeHealth } from './probe-health.js';
 import { recordOutcomes } from './record-outcomes.js';
 import { type EventRow, type JobRow, toEvent, toJob, toJson } from './rows.js';
@@ -74,6 +76,7 @@ export class PostgresStore implements Store {
   private readonly db: Database;
   private readonly schema: string;
   private readonly withOutbox: boolean;
+  private readonly templates: PostgresTemplates;
 
   constructor(options: PostgresStoreOptions) {
     this.schema = checkSchemaName(options.schema ?? 'mailroom');
@@ -86,6 +89,7 @@ export class PostgresStore implements Store {
     });
     this.withOutbox = options.outbox ?? false;
     if (this.withOutbox) this.outbox = new PostgresOutbox(this.db);
+    this.templates = new PostgresTemplates(this.db);
   }
 
   migrate(): Promise<void> {
@@ -332,6 +336,30 @@ export class PostgresStore implements Store {
   async pruneIdempotencyKeys(before: number): Promise<number> {
     const result = await this.db.query('DELETE FROM idempotency_keys WHERE created_at < $1', [before]);
     return result.rowCount ?? 0;
+  }
+
+  createTemplate(code: string, content: TemplateContent, now: number): Promise<TemplateVersion | undefined> {
+    return this.templates.create(code, content, now);
+  }
+
+  updateTemplate(code: string, content: TemplateContent, now: number): Promise<TemplateVersion | undefined> {
+    return this.templates.update(code, content, now);
+  }
+
+  getTemplate(code: string, version?: number): Promise<TemplateVersion | undefined> {
+    return this.templates.get(code, version);
+  }
+
+  listTemplates(limit: number, after?: string): Promise<TemplateVersionSummary[]> {
+    return this.templates.list(limit, after);
+  }
+
+  listTemplateVersions(code: string): Promise<TemplateVersionSummary[] | undefined> {
+    return this.templates.versions(code);
+  }
+
+  deleteTemplate(code: string): Promise<boolean> {
+    return this.templates.delete(code);
   }
 }
 

@@ -73,4 +73,27 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
     `,
   },
+  {
+    version: 2,
+    name: 'templates and their versions',
+    sql: `
+      CREATE TABLE templates (
+        code           TEXT PRIMARY KEY,
+        latest_version INTEGER NOT NULL,
+        created_at     INTEGER NOT NULL
+      ) STRICT;
+
+      CREATE TABLE template_versions (
+        code               TEXT NOT NULL,
+        version            INTEGER NOT NULL,
+        subject            TEXT NOT NULL,
+        html               TEXT,                       -- compiled from mjml when that is set
+        text               TEXT,
+        mjml               TEXT,
+        required_variables TEXT NOT NULL,              -- JSON array of dotted paths
+        saved_at           INTEGER NOT NULL,
+        PRIMARY KEY (code, version)
+      ) STRICT;
+    `,
+  },
 ];

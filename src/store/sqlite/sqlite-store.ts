@@ -13,6 +13,7 @@ import {
   PRIORITY_BY_RANK,
   PRIORITY_RANK,
 } from '../../domain/email.js';
+import type { TemplateContent, TemplateVersion, TemplateVersionSummary } from '../../domain/template.js';
 import type { ComponentHealth } from '../../transport/transport.js';
 import { decodeCursor, encodeCursor } from '../cursor.js';
 import {
@@ -272,6 +273,109 @@ export class SqliteStore implements Store {
 
   async pruneIdempotencyKeys(before: number): Promise<number> {
     return this.statements.pruneKeys.run(before).changes;
+  }
+
+  async createTemplate(
+    code: string,
+    content: TemplateContent,
+    now: number,
+  ): Promise<TemplateVersion | undefined> {
+    return this.commitDurable(() => {
+      const inserted = this.db
+        .prepare(
+          'INSERT INTO templates (code, latest_version, created_at) VALUES (?, 1, ?) ON CONFLICT DO NOTHING',
+        )
+        .run(code, now);
+      if (inserted.changes === 0) return undefined;
+      return this.insertTemplateVersion(code, 1, content, now);
+    });
+  }
+
+  async updateTemplate(
+    code: string,
+    content: TemplateContent,
+    now: number,
+  ): Promise<TemplateVersion | undefined> {
+    return this.commitDurable(() => {
+      const row = this.db
+        .prepare(
+          'UPDATE templates SET latest_version = latest_version + 1 WHERE code = ? RETURNING latest_version',
+        )
+        .get(code) as { latest_version: number } | undefined;
+      if (!row) return undefined;
+      return this.insertTemplateVersion(code, row.latest_version, content, now);
+    });
+  }
+
+  async getTemplate(code: string, version?: number): Promise<TemplateVersion | undefined> {
+    const row = (
+      version === undefined
+        ? this.db
+            .prepare(
+              `SELECT v.* FROM template_versions v JOIN templates t ON t.code = v.code AND t.latest_version = v.version
+                WHERE t.code = ?`,
+            )
+            .get(code)
+        : this.db
+            .prepare(
+              'SELECT v.* FROM template_versions v JOIN templates t ON t.code = v.code WHERE v.code = ? AND v.version = ?',
+            )
+            .get(code, version)
+    ) as TemplateRow | undefined;
+    return row ? toTemplateVersion(row) : undefined;
+  }
+
+  async listTemplates(limit: number, after?: string): Promise<TemplateVersionSummary[]> {
+    const rows = this.db
+      .prepare(
+        `SELECT v.code, v.version, v.subject, v.saved_at FROM templates t
+           JOIN template_versions v ON v.code = t.code AND v.version = t.latest_version
+          WHERE t.code > ? ORDER BY t.code LIMIT ?`,
+      )
+      .all(after ?? '', limit) as TemplateRow[];
+    return rows.map(toTemplateSummary);
+  }
+
+  async listTemplateVersions(code: string): Promise<TemplateVersionSummary[] | undefined> {
+    if (!this.db.prepare('SELECT 1 FROM templates WHERE code = ?').get(code)) return undefined;
+    const rows = this.db
+      .prepare(
+        'SELECT code, version, subject, saved_at FROM template_versions WHERE code = ? ORDER BY version',
+      )
+      .all(code) as TemplateRow[];
+    return rows.map(toTemplateSummary);
+  }
+
+  async deleteTemplate(code: string): Promise<boolean> {
+    return this.commitDurable(() => {
+      const deleted = this.db.prepare('DELETE FROM templates WHERE code = ?').run(code).changes > 0;
+      this.db.prepare('DELETE FROM template_versions WHERE code = ?').run(code);
+      return deleted;
+    });
+  }
+
+  private insertTemplateVersion(
+    code: string,
+    version: number,
+    content: TemplateContent,
+    now: number,
+  ): TemplateVersion {
+    this.db
+      .prepare(
+        `INSERT INTO template_versions (code, version, subject, html, text, mjml, required_variables, saved_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        code,
+        version,
+        content.subject,
+        content.html ?? null,
+        content.text ?? null,
+        content.mjml ?? null,
+        JSON.stringify(content.requiredVariables),
+        now,
+      );
+    return { code, version, savedAt: now, ...content };
   }
 
   private createOne(job: NewJob): CreateJobResult {
@@ -550,6 +654,34 @@ function toJob(row: JobRow): Job {
     ...(row.dead_letter_reason !== null && { deadLetterReason: row.dead_letter_reason as DeadLetterReason }),
     ...(row.dead_lettered_at !== null && { deadLetteredAt: row.dead_lettered_at }),
   };
+}
+
+interface TemplateRow {
+  code: string;
+  version: number;
+  subject: string;
+  html: string | null;
+  text: string | null;
+  mjml: string | null;
+  required_variables: string;
+  saved_at: number;
+}
+
+function toTemplateVersion(row: TemplateRow): TemplateVersion {
+  return {
+    code: row.code,
+    version: row.version,
+    subject: row.subject,
+    ...(row.html !== null && { html: row.html }),
+    ...(row.text !== null && { text: row.text }),
+    ...(row.mjml !== null && { mjml: row.mjml }),
+    requiredVariables: JSON.parse(row.required_variables) as string[],
+    savedAt: row.saved_at,
+  };
+}
+
+function toTemplateSummary(row: TemplateRow): TemplateVersionSummary {
+  return { code: row.code, version: row.version, subject: row.subject, savedAt: row.saved_at };
 }
 
 function toEvent(row: EventRow): JobEvent {

@@ -77,6 +77,18 @@ export class ThreadedSqliteStore implements Store {
   countJobs: Store['countJobs'] = () => this.call('countJobs', []) as ReturnType<Store['countJobs']>;
   pruneIdempotencyKeys: Store['pruneIdempotencyKeys'] = (...args) =>
     this.call('pruneIdempotencyKeys', args) as ReturnType<Store['pruneIdempotencyKeys']>;
+  createTemplate: Store['createTemplate'] = (...args) =>
+    this.call('createTemplate', args) as ReturnType<Store['createTemplate']>;
+  updateTemplate: Store['updateTemplate'] = (...args) =>
+    this.call('updateTemplate', args) as ReturnType<Store['updateTemplate']>;
+  getTemplate: Store['getTemplate'] = (...args) =>
+    this.call('getTemplate', args) as ReturnType<Store['getTemplate']>;
+  listTemplates: Store['listTemplates'] = (...args) =>
+    this.call('listTemplates', args) as ReturnType<Store['listTemplates']>;
+  listTemplateVersions: Store['listTemplateVersions'] = (...args) =>
+    this.call('listTemplateVersions', args) as ReturnType<Store['listTemplateVersions']>;
+  deleteTemplate: Store['deleteTemplate'] = (...args) =>
+    this.call('deleteTemplate', args) as ReturnType<Store['deleteTemplate']>;
 
   private call(method: string, args: unknown[]): Promise<unknown> {
     if (this.failure) return Promise.reject(this.failure);
