@@ -19,6 +19,7 @@ const SHAPE_NEUTRAL = [
   'test/delivery.test.ts',
   'test/attachments.test.ts',
   'test/batch.test.ts',
+  'test/templates.test.ts',
 ];
 
 const POSTGRES = [

@@ -20,6 +20,10 @@ export const ERROR_CODES = {
     description: 'The Idempotency-Key was already used within 24 h for a request with a different body.',
   },
   INVALID_STATE: { status: 409, description: 'The email is not in a state that allows this action.' },
+  TEMPLATE_EXISTS: {
+    status: 409,
+    description: 'A template with this code exists: `PUT /v1/templates/{code}` saves a new version.',
+  },
   BACKLOG_FULL: {
     status: 503,
     description: 'The backlog passed MAILROOM_MAX_BACKLOG; retry after the `Retry-After` seconds.',

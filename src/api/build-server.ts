@@ -14,6 +14,7 @@ import { registerDeadLetterRoutes } from './routes/dead-letter-routes.js';
 import { registerEmailRoutes } from './routes/email-routes.js';
 import { registerHealthRoutes } from './routes/health-routes.js';
 import { registerSystemRoutes } from './routes/system-routes.js';
+import { registerTemplateRoutes } from './routes/template-routes.js';
 
 /** Routes that need an API key when keys are configured. */
 const PROTECTED_PREFIXES = ['/v1/', '/api/'];
@@ -81,6 +82,7 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
 
   await registerHealthRoutes(app, ctx);
   await registerEmailRoutes(app, ctx);
+  await registerTemplateRoutes(app, ctx);
   await registerDeadLetterRoutes(app, ctx);
   await registerCompatRoutes(app, ctx);
   await registerSystemRoutes(app, ctx);

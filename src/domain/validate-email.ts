@@ -37,6 +37,12 @@ export const FIELD_RULES = {
   mime_type:
     'The value is not a MIME type `type/subtype` without parameters (multipart/ and message/ are refused).',
   duplicate: "The value must be unique within the email (an attachment's content_id).",
+  exclusive:
+    'Give one of the fields, not both: `template` or `subject`/`html`/`text` in an email; `html` or `mjml` in a template.',
+  unknown_template: 'No template with this code, or no such version of it.',
+  template_syntax:
+    'The template does not compile: a Handlebars or MJML error, a partial, a helper other than if, unless, each, with and lookup, a path through `__proto__`, `constructor` or `prototype`, or blocks nested too deep.',
+  template_render_error: 'The template failed while it was rendered with the given variables.',
 } as const satisfies Record<string, string>;
 
 export type FieldRule = keyof typeof FIELD_RULES;

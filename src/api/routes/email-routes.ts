@@ -11,6 +11,7 @@ import { decodeCursor } from '../../store/cursor.js';
 import type { ApiContext } from '../api-context.js';
 import { readIdempotencyKey } from '../idempotency-key.js';
 import { presentJob } from '../present-job.js';
+import { expandTemplate } from '../template-send.js';
 import { registerBatchRoutes } from './batch-routes.js';
 import { SendEmailBody } from './email-schemas.js';
 
@@ -42,8 +43,14 @@ export async function registerEmailRoutes(app: FastifyInstance, ctx: ApiContext)
         body: SendEmailBody,
       },
     },
-    async (request, reply) =>
-      acceptEmail(ctx, request, reply, validateSendEmail(request.body, ctx.validation())),
+    async (request, reply) => {
+      // Before the template is loaded and rendered: that work is what a flood would cost.
+      await ctx.apiRateLimit?.check(request.authScope);
+      const expanded = await expandTemplate(ctx.store, request.body, ctx.config.maxMessageBytes);
+      if (!expanded.ok) return acceptEmail(ctx, request, reply, expanded, undefined, { rateChecked: true });
+      const validated = validateSendEmail(expanded.body, ctx.validation());
+      return acceptEmail(ctx, request, reply, validated, undefined, { rateChecked: true });
+    },
   );
 
   await registerBatchRoutes(app, ctx);
@@ -108,9 +115,10 @@ export async function acceptEmail(
   reply: FastifyReply,
   validated: ValidationResult<ValidatedEmail>,
   present: (accepted: { id: string; status: string }) => unknown = ({ id, status }) => ({ id, status }),
+  options: { readonly rateChecked?: boolean } = {},
 ) {
   // Before validation: a client sending malformed requests in a loop is held to the limit too.
-  await ctx.apiRateLimit?.check(request.authScope);
+  if (!options.rateChecked) await ctx.apiRateLimit?.check(request.authScope);
   if (!validated.ok) {
     const error = validationError(validated.problems);
     if (validated.tooLarge) throw new MailroomError('PAYLOAD_TOO_LARGE', error.message, validated.problems);
