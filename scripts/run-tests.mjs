@@ -20,6 +20,7 @@ const SHAPE_NEUTRAL = [
   'test/attachments.test.ts',
   'test/batch.test.ts',
   'test/templates.test.ts',
+  'test/notifications-compat.test.ts',
 ];
 
 const POSTGRES = [

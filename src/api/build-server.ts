@@ -13,6 +13,7 @@ import { registerCompatRoutes } from './routes/compat-routes.js';
 import { registerDeadLetterRoutes } from './routes/dead-letter-routes.js';
 import { registerEmailRoutes } from './routes/email-routes.js';
 import { registerHealthRoutes } from './routes/health-routes.js';
+import { registerNotificationCompatRoutes } from './routes/notification-compat-routes.js';
 import { registerSystemRoutes } from './routes/system-routes.js';
 import { registerTemplateRoutes } from './routes/template-routes.js';
 
@@ -85,6 +86,7 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
   await registerTemplateRoutes(app, ctx);
   await registerDeadLetterRoutes(app, ctx);
   await registerCompatRoutes(app, ctx);
+  await registerNotificationCompatRoutes(app, ctx);
   await registerSystemRoutes(app, ctx);
   if (ctx.inbox) await registerInboxRoutes(app, ctx.inbox, ctx.auth);
   return app;
