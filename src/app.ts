@@ -8,6 +8,7 @@ import { EmailIntake } from './api/email-intake.js';
 import type { Broker } from './broker/broker.js';
 import { DEFAULT_DISPATCHER_OPTIONS, OutboxDispatcher } from './broker/outbox-dispatcher.js';
 import { type Config, HOUR, SECOND } from './config/config-schema.js';
+import { storeKind } from './config/load-config.js';
 import { parseMailbox } from './domain/validate-email.js';
 import { MailroomError } from './errors.js';
 import { AdaptiveRates } from './flow/adaptive-rates.js';
@@ -116,7 +117,11 @@ export async function buildApp(
   const intake = new EmailIntake(
     store,
     workAdded,
-    { maxBacklog: config.maxBacklog, idempotencyTtlMs: IDEMPOTENCY_TTL_MS },
+    {
+      maxBacklog: config.maxBacklog,
+      idempotencyTtlMs: IDEMPOTENCY_TTL_MS,
+      concurrentCommits: storeKind(config) === 'postgres' ? 2 : 1,
+    },
     logger,
   );
   let draining = false;

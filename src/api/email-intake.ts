@@ -11,6 +11,12 @@ export interface IntakeOptions {
   readonly maxBacklog: number;
   /** How long an Idempotency-Key holds. */
   readonly idempotencyTtlMs: number;
+  /**
+   * Group commits in flight at once: 1 for SQLite (one writer); 2 for PostgreSQL, so that a commit
+   * whose outcome is being checked after a lost connection does not hold every later request (they
+   * fail fast with STORE_UNAVAILABLE meanwhile, instead of waiting out the check).
+   */
+  readonly concurrentCommits?: number;
 }
 
 export interface AcceptRequest {
@@ -54,12 +60,16 @@ export class EmailIntake {
     private readonly options: IntakeOptions,
     private readonly logger: Logger,
   ) {
-    this.commits = new Batcher(async (jobs) => {
-      const results = await this.store.createJobs(jobs);
-      this.backlog += results.filter((result) => result.kind === 'created').length;
-      this.onCommit();
-      return results;
-    }, MAX_GROUP_COMMIT);
+    this.commits = new Batcher(
+      async (jobs) => {
+        const results = await this.store.createJobs(jobs);
+        this.backlog += results.filter((result) => result.kind === 'created').length;
+        this.onCommit();
+        return results;
+      },
+      MAX_GROUP_COMMIT,
+      options.concurrentCommits ?? 1,
+    );
   }
 
   async start(): Promise<void> {

@@ -47,3 +47,49 @@ test('a failed batch rejects every group in it, and the next batch still runs', 
   assert.equal(calls, 2);
   assert.deepEqual(await batcher.addAll([]), []);
 });
+
+test('with maxInFlight 2, a batch stuck in its flush does not hold the next one', async () => {
+  let release!: () => void;
+  const stuck = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const batches: number[][] = [];
+  const batcher = new Batcher<number, number>(
+    async (items) => {
+      batches.push(items);
+      if (items.includes(1)) await stuck;
+      return items;
+    },
+    10,
+    2,
+  );
+  const first = batcher.add(1);
+  await new Promise((resolve) => setImmediate(resolve));
+  // The first batch is in flight and stuck; these run beside it, then after each other.
+  assert.deepEqual(await Promise.all([batcher.add(2), batcher.add(3)]), [2, 3]);
+  assert.deepEqual(await batcher.add(4), 4);
+  release();
+  assert.equal(await first, 1);
+  assert.deepEqual(batches, [[1], [2, 3], [4]]);
+});
+
+test('with the default of one in flight, the next batch waits for the stuck one', async () => {
+  let release!: () => void;
+  const stuck = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const flushed: number[][] = [];
+  const batcher = new Batcher<number, number>(async (items) => {
+    flushed.push(items);
+    if (items.includes(1)) await stuck;
+    return items;
+  }, 10);
+  const first = batcher.add(1);
+  await new Promise((resolve) => setImmediate(resolve));
+  const second = batcher.add(2);
+  // Several turns of the event loop: a second batch would have started by now if it could.
+  for (let turn = 0; turn < 5; turn++) await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(flushed, [[1]]);
+  release();
+  assert.deepEqual(await Promise.all([first, second]), [1, 2]);
+});

@@ -2,20 +2,28 @@
  * Collects single requests made in the same turn of the event loop and runs them as one batch:
  * many HTTP requests become one transaction and one fsync (group commit), many claims one UPDATE.
  *
- * Batches run one at a time; requests that arrive while a batch runs form the next one. So under
- * load the batch grows by itself, and when idle a lone request waits only until the next tick.
+ * Batches run one at a time (or `maxInFlight` at a time); requests that arrive while a batch runs
+ * form the next one. So under load the batch grows by itself, and when idle a lone request waits
+ * only until the next tick.
  * A group of items (`addAll`) always runs in one batch: a batch takes whole groups up to `maxBatch`
  * items, and a group larger than that runs alone.
  */
 export class Batcher<In, Out> {
   private pending: { items: In[]; resolve: (out: Out[]) => void; reject: (error: unknown) => void }[] = [];
   private pendingItems = 0;
-  private running = false;
+  /** Batches being flushed now. */
+  private running = 0;
   private scheduled = false;
 
   constructor(
     private readonly flush: (items: In[]) => Promise<Out[]>,
     private readonly maxBatch: number,
+    /**
+     * Batches flushed at once. 1 (the default) suits a store with one writer (SQLite); a server
+     * database can take 2, so that a batch stuck on a slow or uncertain commit does not hold every
+     * request behind it.
+     */
+    private readonly maxInFlight = 1,
   ) {}
 
   async add(item: In): Promise<Out> {
@@ -39,7 +47,7 @@ export class Batcher<In, Out> {
   }
 
   private schedule(): void {
-    if (this.running || this.scheduled) return;
+    if (this.running >= this.maxInFlight || this.scheduled) return;
     this.scheduled = true;
     // setImmediate, not queueMicrotask: lets every request parsed in this I/O phase join the batch.
     setImmediate(() => {
@@ -62,8 +70,8 @@ export class Batcher<In, Out> {
   }
 
   private async runBatch(): Promise<void> {
-    if (this.running || this.pending.length === 0) return;
-    this.running = true;
+    if (this.running >= this.maxInFlight || this.pending.length === 0) return;
+    this.running++;
     const batch = this.takeGroups();
     try {
       const results = await this.flush(batch.flatMap((entry) => entry.items));
@@ -75,7 +83,7 @@ export class Batcher<In, Out> {
     } catch (error) {
       for (const entry of batch) entry.reject(error);
     } finally {
-      this.running = false;
+      this.running--;
       if (this.pending.length > 0) this.schedule();
     }
   }
