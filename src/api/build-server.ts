@@ -20,7 +20,7 @@ import { registerTemplateRoutes } from './routes/template-routes.js';
 /** Routes that need an API key when keys are configured. */
 const PROTECTED_PREFIXES = ['/v1/', '/api/'];
 /** Routes answered even while shutting down, so orchestrators can watch it happen. */
-const ALWAYS_OPEN = new Set(['/health', '/ready', '/metrics']);
+const ALWAYS_OPEN = new Set(['/health', '/ready', '/metrics', '/health/']);
 
 /**
  * Assembles the HTTP API. It does not listen: `app.inject()` drives it in tests, and the composition
