@@ -186,6 +186,21 @@ describe('templates', () => {
     hasProblem(stray, 'variables', 'required');
   });
 
+  test('a template that fails while rendering is a 400 template_render_error; nothing is stored', async () => {
+    const code = fresh('broken');
+    // Saved (it parses), but Handlebars' #if needs an argument: it throws while rendering.
+    await create({ code, subject: 'Hi', html: '<p>{{#if}}x{{/if}}</p>' });
+    const before = await jobCount();
+    const response = await t.request('POST', '/v1/emails', {
+      to: ['a@example.com'],
+      template: code,
+      variables: {},
+    });
+    assert.equal(response.statusCode, 400, response.body);
+    hasProblem(response, 'template', 'template_render_error');
+    assert.equal(await jobCount(), before);
+  });
+
   test('a subject that renders with CR/LF is refused, not sent as a header injection', async () => {
     const code = fresh('subj');
     await create({ code, subject: 'Hello {{name}}', text: 'x' });
