@@ -81,6 +81,10 @@ export async function buildApp(
   // Every job committed, from the API or from producers on the broker, is counted as accepted.
   const store: Store = countingAccepted(createStore(config), metrics);
   await store.migrate();
+  if (store.outbox) {
+    const outbox = store.outbox;
+    metrics.watchOutbox((now) => outbox.stats(now));
+  }
   const codec = new WireCodec({ validation, idempotencyTtlMs: IDEMPOTENCY_TTL_MS });
   const broker: Broker = createBroker(config, store, codec, logger);
   // A network broker is fed from the store's outbox; the embedded one reads the store directly.

@@ -127,6 +127,9 @@ describe('mailroom worker serves /metrics, /health and /ready on MAILROOM_METRIC
     const text = await metrics.text();
     assert.equal(sample(text, 'mailroom_breaker_state', { transport: 'smtp' }), 0);
     assert.notEqual(sample(text, 'mailroom_jobs', { status: 'queued' }), undefined);
+    // The scaled-out shape publishes through the outbox: nothing waiting here.
+    assert.equal(sample(text, 'mailroom_outbox_due'), 0);
+    assert.equal(sample(text, 'mailroom_outbox_lag_seconds'), 0);
     const ready = await fetch(`${ops}/ready`);
     assert.equal(ready.status, 200);
     const body = (await ready.json()) as { components: Record<string, unknown> };

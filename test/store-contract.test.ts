@@ -1297,6 +1297,18 @@ describe('PostgreSQL store only', { skip: !postgresUp }, () => {
       assert.equal(await outboxRows(fixture.schema), 0);
     });
 
+    test('stats: entries due and not held, and the oldest due time; scheduled ones are not counted', async () => {
+      const outbox = store.outbox!;
+      assert.deepEqual(await outbox.stats(T0), { due: 0 });
+      const early = newJob({ createdAt: T0 - 5 });
+      const later = newJob({ createdAt: T0 + 3 });
+      await create(store, early, later, newJob({ sendAt: T0 + HOUR }));
+      assert.deepEqual(await outbox.stats(T0 + 10), { due: 2, oldestDueAt: T0 - 5 });
+      // Held by a dispatcher: not due until the hold ends.
+      await outbox.take(T0 + 10, 1, 30_000);
+      assert.deepEqual(await outbox.stats(T0 + 11), { due: 1, oldestDueAt: T0 + 3 });
+    });
+
     test('concurrent takes never hand out the same entry', async () => {
       const jobs = Array.from({ length: 60 }, (_, i) => newJob({ createdAt: T0 + i }));
       await create(store, ...jobs);

@@ -169,6 +169,17 @@ export interface Outbox {
    * that costs a no-op delivery (the claim answers `finished` or `busy`), never a second email.
    */
   sweep(staleBefore: number, limit: number): Promise<number>;
+  /**
+   * For metrics: entries due now and not held by a dispatcher, and when the oldest of them became
+   * due (how far publishing lags behind). Scheduled jobs' entries, not due yet, are not counted.
+   */
+  stats(now: number): Promise<OutboxStats>;
+}
+
+export interface OutboxStats {
+  readonly due: number;
+  /** Epoch ms; undefined when nothing is due. */
+  readonly oldestDueAt?: number;
 }
 
 export interface Store {

@@ -1,7 +1,7 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { Job } from '../domain/email.js';
 import type { BreakerState } from '../flow/circuit-breaker.js';
-import type { JobCounts, Outcome } from '../store/store.js';
+import type { JobCounts, OutboxStats, Outcome } from '../store/store.js';
 import type { ServiceTags } from './service-tags.js';
 
 /**
@@ -156,19 +156,35 @@ export class Metrics {
     if (counted) this.breakerTransitions.inc({ transport, to: state });
   }
 
+  /**
+   * The outbox of a network broker's shape: entries due and not yet published, and how long the
+   * oldest has waited. Store-wide, read when scraped (at most every JOB_COUNTS_TTL_MS).
+   */
+  watchOutbox(stats: (now: number) => Promise<OutboxStats>): void {
+    const read = cachedFor(JOB_COUNTS_TTL_MS, () => stats(Date.now()));
+    new Gauge({
+      name: 'mailroom_outbox_due',
+      help: 'Outbox entries due and not yet published to the broker (store-wide).',
+      registers: [this.registry],
+      async collect() {
+        const found = await read().catch(() => undefined);
+        if (found) this.set(found.due);
+      },
+    });
+    new Gauge({
+      name: 'mailroom_outbox_lag_seconds',
+      help: 'How long the oldest due outbox entry has waited to be published (0 when none; store-wide).',
+      registers: [this.registry],
+      async collect() {
+        const found = await read().catch(() => undefined);
+        if (found)
+          this.set(found.oldestDueAt === undefined ? 0 : Math.max(0, Date.now() - found.oldestDueAt) / 1000);
+      },
+    });
+  }
+
   private registerJobGauges(countJobs: () => Promise<JobCounts>): void {
-    let cached: { at: number; counts: Promise<JobCounts> } | undefined;
-    const counts = () => {
-      const now = Date.now();
-      if (!cached || now - cached.at >= JOB_COUNTS_TTL_MS) {
-        cached = { at: now, counts: countJobs() };
-        // A failed count is not kept: the next scrape asks again.
-        cached.counts.catch(() => {
-          cached = undefined;
-        });
-      }
-      return cached.counts;
-    };
+    const counts = cachedFor(JOB_COUNTS_TTL_MS, countJobs);
     new Gauge({
       name: 'mailroom_jobs',
       help: 'Jobs in the store by status (queue depth: queued, scheduled, processing, deferred). Store-wide: every process reports the same figure.',
@@ -190,4 +206,20 @@ export class Metrics {
       },
     });
   }
+}
+
+/** `read`, answered from its last result for `ttlMs`; a failed read is not kept, so the next asks again. */
+function cachedFor<T>(ttlMs: number, read: () => Promise<T>): () => Promise<T> {
+  let cached: { at: number; value: Promise<T> } | undefined;
+  return () => {
+    const now = Date.now();
+    if (!cached || now - cached.at >= ttlMs) {
+      const entry = { at: now, value: read() };
+      cached = entry;
+      entry.value.catch(() => {
+        if (cached === entry) cached = undefined;
+      });
+    }
+    return cached.value;
+  };
 }

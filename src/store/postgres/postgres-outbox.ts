@@ -12,7 +12,7 @@
  * themselves are written durably with their jobs. The sweep stays durable; it runs twice a minute.
  */
 import { PRIORITY_BY_RANK } from '../../domain/email.js';
-import type { Outbox, OutboxEntry } from '../store.js';
+import type { Outbox, OutboxEntry, OutboxStats } from '../store.js';
 import type { Database, NamedStatement } from './database.js';
 
 interface EntryRow {
@@ -73,6 +73,19 @@ export class PostgresOutbox implements Outbox {
   async release(jobIds: readonly string[], now: number): Promise<void> {
     if (jobIds.length === 0) return;
     await this.db.query(RELEASE, [jobIds, now], 'light');
+  }
+
+  async stats(now: number): Promise<OutboxStats> {
+    const { rows } = await this.db.query<{ due: number; oldest: string | null }>(
+      'SELECT count(*)::int AS due, min(available_at) AS oldest FROM outbox WHERE available_at <= $1',
+      [now],
+      'light',
+    );
+    const oldest = rows[0]?.oldest;
+    return {
+      due: rows[0]?.due ?? 0,
+      ...(oldest !== null && oldest !== undefined && { oldestDueAt: Number(oldest) }),
+    };
   }
 
   /**
