@@ -6,10 +6,10 @@ import { type FieldProblem, validationError } from '../../errors.js';
 import { acceptBatch, MAX_BATCH_EMAILS } from '../accept-batch.js';
 import type { ApiContext } from '../api-context.js';
 import { readIdempotencyKey } from '../idempotency-key.js';
-import { SendEmailBody } from './email-schemas.js';
+import { BatchEmailBody } from './email-schemas.js';
 
 const BatchBody = Type.Object(
-  { emails: Type.Array(SendEmailBody, { minItems: 1, maxItems: MAX_BATCH_EMAILS }) },
+  { emails: Type.Array(BatchEmailBody, { minItems: 1, maxItems: MAX_BATCH_EMAILS }) },
   { additionalProperties: false },
 );
 

@@ -36,7 +36,9 @@ export const SendEmailBody = Type.Object(
     cc: Type.Optional(AddressList),
     bcc: Type.Optional(AddressList),
     reply_to: Type.Optional(AddressList),
-    subject: Type.String({ minLength: 1, maxLength: 998 }),
+    subject: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 998, description: 'Required unless `template` is given.' }),
+    ),
     text: Type.Optional(Type.String()),
     html: Type.Optional(Type.String()),
     headers: Type.Optional(Type.Record(Type.String(), Type.String())),
@@ -44,6 +46,19 @@ export const SendEmailBody = Type.Object(
     metadata: Type.Optional(Type.Record(Type.String(), Type.String())),
     priority: Type.Optional(Type.Union(PRIORITIES.map((p) => Type.Literal(p)))),
     send_at: Type.Optional(Type.String({ format: 'date-time', description: 'ISO 8601 with a time zone.' })),
+    template: Type.Optional(
+      Type.String({
+        description: 'A template code (POST /v1/templates), instead of subject, text and html.',
+      }),
+    ),
+    template_version: Type.Optional(
+      Type.Integer({ minimum: 1, description: 'Pins a version of `template`; default the latest.' }),
+    ),
+    variables: Type.Optional(
+      Type.Record(Type.String(), Type.Unknown(), {
+        description: 'The template’s variables (JSON); every one it prints outside a block is required.',
+      }),
+    ),
     attachments: Type.Optional(
       Type.Array(AttachmentBody, {
         maxItems: 20,
@@ -51,5 +66,14 @@ export const SendEmailBody = Type.Object(
       }),
     ),
   },
+  { additionalProperties: false },
+);
+
+/** One email of POST /v1/emails/batch: as SendEmailBody, without templates (not supported in a batch). */
+export const BatchEmailBody = Type.Composite(
+  [
+    Type.Omit(SendEmailBody, ['template', 'template_version', 'variables', 'subject']),
+    Type.Object({ subject: Type.String({ minLength: 1, maxLength: 998 }) }),
+  ],
   { additionalProperties: false },
 );
