@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { CONFIG_SCHEMA, type Config } from '../src/config/config-schema.js';
 import { loadConfig, storeKind } from '../src/config/load-config.js';
-import { SmtpSink } from './support/smtp-sink.js';
+import { mixedOutcomeSink } from './support/smtp-sink.js';
 import { SAMPLE_EMAIL, startTestApp, type TestApp } from './support/test-app.js';
 import { waitFor } from './support/wait-for.js';
 
@@ -367,14 +367,7 @@ describe('metrics the dashboard and Prometheus query', () => {
   before(async () => {
     // One email sent, one failed at once (5xx), one deferred once (4xx) then sent: every outcome's
     // series exists with its labels.
-    let laterTries = 0;
-    const sink = new SmtpSink({
-      behaviour: ({ rcpt }) => {
-        if (rcpt.startsWith('bad@')) return 'permfail';
-        if (rcpt.startsWith('later@')) return laterTries++ === 0 ? 'tempfail' : 'accept';
-        return 'accept';
-      },
-    });
+    const sink = mixedOutcomeSink();
     t = await startTestApp({}, sink, 'embedded');
     const ids = [
       await t.send(SAMPLE_EMAIL),

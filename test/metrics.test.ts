@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setUpScaledOut } from './support/scaled-out-cluster.js';
 import { AMQP_URL, POSTGRES_URL, serviceAvailable } from './support/services.js';
-import { SmtpSink } from './support/smtp-sink.js';
+import { mixedOutcomeSink } from './support/smtp-sink.js';
 import { SAMPLE_EMAIL, startTestApp, type TestApp } from './support/test-app.js';
 import { waitFor } from './support/wait-for.js';
 
@@ -27,14 +27,7 @@ describe('GET /metrics after a known workload', () => {
   let t: TestApp;
   let text: string;
   before(async () => {
-    let laterTries = 0;
-    const sink = new SmtpSink({
-      behaviour: ({ rcpt }) => {
-        if (rcpt.startsWith('bad@')) return 'permfail';
-        if (rcpt.startsWith('later@')) return laterTries++ === 0 ? 'tempfail' : 'accept';
-        return 'accept';
-      },
-    });
+    const sink = mixedOutcomeSink();
     t = await startTestApp({ MAILROOM_ENV: 'test-env', DD_VERSION: '9.9.9' }, sink, 'embedded');
     const ids = [];
     for (let i = 0; i < 5; i++) ids.push(await t.send({ ...SAMPLE_EMAIL, to: `good${i}@example.com` }));

@@ -515,3 +515,18 @@ export class SmtpSink {
     }
   }
 }
+
+/**
+ * A sink that gives every outcome once: `bad@…` is refused for good (550 at RCPT TO), `later@…` is
+ * refused once for now (451) and then accepted, everyone else is accepted.
+ */
+export function mixedOutcomeSink(): SmtpSink {
+  let laterTries = 0;
+  return new SmtpSink({
+    behaviour: ({ rcpt }) => {
+      if (rcpt.startsWith('bad@')) return 'permfail';
+      if (rcpt.startsWith('later@')) return laterTries++ === 0 ? 'tempfail' : 'accept';
+      return 'accept';
+    },
+  });
+}
