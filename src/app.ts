@@ -125,6 +125,7 @@ export async function buildApp(
       maxBacklog: config.maxBacklog,
       idempotencyTtlMs: IDEMPOTENCY_TTL_MS,
       concurrentCommits: storeKind(config) === 'postgres' ? 2 : 1,
+      ...(storeKind(config) === 'postgres' && { commitStallMs: SECOND }),
     },
     logger,
   );

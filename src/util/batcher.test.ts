@@ -93,3 +93,32 @@ test('with the default of one in flight, the next batch waits for the stuck one'
   release();
   assert.deepEqual(await Promise.all([first, second]), [1, 2]);
 });
+
+test('a flush running past releaseSlotAfterMs frees its slot; its requests still get its result', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  let release!: () => void;
+  const stuck = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const flushed: number[][] = [];
+  const batcher = new Batcher<number, number>(
+    async (items) => {
+      flushed.push(items);
+      if (items.includes(1)) await stuck;
+      return items;
+    },
+    10,
+    1,
+    1000,
+  );
+  const first = batcher.add(1);
+  await new Promise((resolve) => setImmediate(resolve));
+  const second = batcher.add(2);
+  for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(flushed, [[1]], 'still held before the stall time');
+  t.mock.timers.tick(1000);
+  assert.equal(await second, 2);
+  assert.deepEqual(flushed, [[1], [2]]);
+  release();
+  assert.equal(await first, 1);
+});

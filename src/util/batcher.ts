@@ -24,6 +24,12 @@ export class Batcher<In, Out> {
      * request behind it.
      */
     private readonly maxInFlight = 1,
+    /**
+     * A flush still running after this long stops holding its slot (it goes on, and its requests
+     * still get its result), so that one stuck flush — a commit whose outcome is being checked after
+     * a lost connection — cannot hold every request behind it. Unset: a slot is held to the end.
+     */
+    private readonly releaseSlotAfterMs?: number,
   ) {}
 
   async add(item: In): Promise<Out> {
@@ -72,6 +78,15 @@ export class Batcher<In, Out> {
   private async runBatch(): Promise<void> {
     if (this.running >= this.maxInFlight || this.pending.length === 0) return;
     this.running++;
+    let holding = true;
+    const releaseSlot = () => {
+      if (!holding) return;
+      holding = false;
+      this.running--;
+      if (this.pending.length > 0) this.schedule();
+    };
+    const stalled =
+      this.releaseSlotAfterMs === undefined ? undefined : setTimeout(releaseSlot, this.releaseSlotAfterMs);
     const batch = this.takeGroups();
     try {
       const results = await this.flush(batch.flatMap((entry) => entry.items));
@@ -83,8 +98,8 @@ export class Batcher<In, Out> {
     } catch (error) {
       for (const entry of batch) entry.reject(error);
     } finally {
-      this.running--;
-      if (this.pending.length > 0) this.schedule();
+      clearTimeout(stalled);
+      releaseSlot();
     }
   }
 }
