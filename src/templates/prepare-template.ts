@@ -1,4 +1,3 @@
-import mjml2html from 'mjml';
 import type { TemplateContent } from '../domain/template.js';
 import { hasCrlfOrNul, isPlainObject, jsonType } from '../domain/value-checks.js';
 import type { FieldProblem } from '../errors.js';
@@ -137,6 +136,8 @@ function readPart(
  * files). Handlebars expressions pass through MJML as text and are compiled afterwards.
  */
 async function compileMjml(problems: FieldProblem[], source: string): Promise<string | undefined> {
+  // Loaded on first use: MJML takes about a second to load, which every process start would pay.
+  const { default: mjml2html } = await import('mjml');
   try {
     const result = await mjml2html(source, { validationLevel: 'strict', ignoreIncludes: true });
     if (result.errors.length > 0) {
