@@ -13,6 +13,7 @@ import { parseMailbox } from './domain/validate-email.js';
 import { MailroomError } from './errors.js';
 import { AdaptiveRates } from './flow/adaptive-rates.js';
 import { CircuitBreaker } from './flow/circuit-breaker.js';
+import { FallbackRateLimiter } from './flow/fallback-rate-limiter.js';
 import { FlowControl } from './flow/flow-control.js';
 import { MemoryRateLimiter } from './flow/memory-rate-limiter.js';
 import type { RateLimiter } from './flow/rate-limiter.js';
@@ -111,11 +112,12 @@ export async function buildApp(
   // Rate limits are shared by every process of the shape (Redis, else PostgreSQL); each process
   // also keeps buckets of its own to fall back on when the shared ones cannot be reached.
   const needsLimiter = config.apiRatePerMin !== undefined || roles.worker;
-  const limiter = needsLimiter ? createRateLimiter(config) : undefined;
-  const fallbackLimiter = new MemoryRateLimiter();
+  const limiter = needsLimiter
+    ? new FallbackRateLimiter(createRateLimiter(config), new MemoryRateLimiter(), logger)
+    : undefined;
   const apiRateLimit =
     config.apiRatePerMin !== undefined && limiter
-      ? new ApiRateLimit(config.apiRatePerMin, limiter, fallbackLimiter, logger)
+      ? new ApiRateLimit(config.apiRatePerMin, limiter)
       : undefined;
   const chaos = config.chaos ? describeChaos(config.chaos) : undefined;
   const intake = new EmailIntake(
@@ -196,7 +198,7 @@ export async function buildApp(
           `!!! FAULT INJECTION IS ON (MAILROOM_CHAOS): ${chaos}. Sends through ${transport.name} will fail, be refused or slow down on purpose.`,
         );
       }
-      flow = buildFlowControl(config, transport.name, limiter!, fallbackLimiter, logger, metrics);
+      flow = buildFlowControl(config, transport.name, limiter!, logger, metrics);
     }
     await broker.start();
     dispatcher?.start();
@@ -270,7 +272,6 @@ function buildFlowControl(
   config: Config,
   transportName: string,
   limiter: RateLimiter,
-  fallbackLimiter: RateLimiter,
   logger: Logger,
   metrics: Metrics,
 ): FlowControl {
@@ -297,7 +298,6 @@ function buildFlowControl(
   return new FlowControl({
     breaker,
     limiter,
-    fallbackLimiter,
     adaptive: new AdaptiveRates(),
     ...(config.ratePerSec !== undefined && {
       transportRate: {

@@ -4,6 +4,7 @@ import pino from 'pino';
 import type { SendResult } from '../transport/transport.js';
 import { AdaptiveRates, DEFAULT_ADAPTIVE_OPTIONS } from './adaptive-rates.js';
 import { CircuitBreaker } from './circuit-breaker.js';
+import { FallbackRateLimiter } from './fallback-rate-limiter.js';
 import { FlowControl, type FlowControlOptions, type Gate } from './flow-control.js';
 import { MemoryRateLimiter } from './memory-rate-limiter.js';
 
@@ -24,7 +25,6 @@ function flowWithClock(options: Partial<FlowControlOptions> = {}) {
   const flow = new FlowControl({
     breaker: new CircuitBreaker('smtp', { failures: 2, openMs: 10_000, halfOpenMax: 1, successes: 1, now }),
     limiter: new MemoryRateLimiter({ now }),
-    fallbackLimiter: new MemoryRateLimiter({ now }),
     adaptive: new AdaptiveRates({ ...DEFAULT_ADAPTIVE_OPTIONS, now }),
     domainRates: { byDomain: new Map() },
     logger: pino({ level: 'silent' }),
@@ -107,7 +107,7 @@ describe('FlowControl', () => {
     const broken = new MemoryRateLimiter();
     broken.take = () => Promise.reject(new Error('redis down'));
     const { flow } = flowWithClock({
-      limiter: broken,
+      limiter: new FallbackRateLimiter(broken, new MemoryRateLimiter(), pino({ level: 'silent' })),
       transportRate: { ratePerSec: 1, burst: 1 },
     });
     go(await flow.admit(['a@example.com'])).done(ACCEPTED);

@@ -21,10 +21,11 @@ export interface DomainRates {
 
 export interface FlowControlOptions {
   readonly breaker: CircuitBreaker;
-  /** The limiter of this shape: in memory when embedded, Redis or PostgreSQL when shared. */
+  /**
+   * The limiter of this shape: in memory when embedded, Redis or PostgreSQL when shared (behind a
+   * FallbackRateLimiter, so a take answers even while the shared state cannot be reached).
+   */
   readonly limiter: RateLimiter;
-  /** Used when the shared limiter fails, so that sending goes on within per-process limits. */
-  readonly fallbackLimiter: RateLimiter;
   readonly adaptive: AdaptiveRates;
   /**
    * How long a claimed job may wait in place for a transport token: what its lease leaves after the
@@ -61,13 +62,10 @@ export type Gate =
 export const MAX_WAIT_IN_PLACE_MS = 250;
 /** While half-open with every probe slot taken, wait this long at most for a slot before handing back. */
 const PROBE_SLOT_WAIT_MS = 2_000;
-/** How often a failing shared limiter is reported in the log. */
-const LIMITER_ERROR_LOG_MS = 10_000;
 
 export class FlowControl {
   /** Per slowest-bucket key, the earliest time the next handed-back job is scheduled for. */
   private readonly paced = new Map<string, number>();
-  private lastLimiterErrorLog = 0;
   private readonly now: () => number;
 
   private readonly transportMaxWaitMs: number;
@@ -108,7 +106,7 @@ export class FlowControl {
       [transport ? [transport] : [], this.transportMaxWaitMs],
     ] as const) {
       if (buckets.length === 0) continue;
-      const taken = await this.take(buckets, maxWaitMs);
+      const taken = await this.options.limiter.take(buckets, maxWaitMs);
       if (taken.kind === 'denied') {
         admission.done('neutral');
         return this.rateLimited(buckets, taken.retryInMs);
@@ -224,6 +222,9 @@ export class FlowControl {
   }
 
   private domainBucketsFor(recipients: readonly string[]): BucketSpec[] {
+    // Every send passes here: with no domain rates configured there is nothing to look up.
+    const { byDomain, fallback } = this.options.domainRates;
+    if (byDomain.size === 0 && fallback === undefined) return [];
     return [...domainsOf(recipients)].flatMap((domain) => this.domainBucket(domain) ?? []);
   }
 
@@ -243,21 +244,6 @@ export class FlowControl {
     const key = `domain:${domain}`;
     const ratePerSec = configured * this.options.adaptive.factor(key);
     return { key, ratePerSec, burst: Math.max(1, ratePerSec) };
-  }
-
-  private async take(buckets: readonly BucketSpec[], maxWaitMs: number) {
-    try {
-      return await this.options.limiter.take(buckets, maxWaitMs);
-    } catch (error) {
-      if (this.now() - this.lastLimiterErrorLog >= LIMITER_ERROR_LOG_MS) {
-        this.lastLimiterErrorLog = this.now();
-        this.options.logger.error(
-          { err: error, limiter: this.options.limiter.name },
-          'flow control: the shared rate limiter failed; limiting per process until it answers again',
-        );
-      }
-      return this.options.fallbackLimiter.take(buckets, maxWaitMs);
-    }
   }
 
   /**

@@ -254,7 +254,6 @@ test('a job waiting in place for a rate-limit token when shutdown begins is give
   const flow = new FlowControl({
     breaker: new CircuitBreaker('smtp', { failures: 5, openMs: 30_000, halfOpenMax: 3, successes: 2 }),
     limiter: new MemoryRateLimiter(),
-    fallbackLimiter: new MemoryRateLimiter(),
     adaptive: new AdaptiveRates(),
     // One send a second, and room to wait in place for the next three tokens.
     transportRate: { ratePerSec: 1, burst: 1 },
