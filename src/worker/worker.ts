@@ -291,9 +291,7 @@ export class Worker {
 
   /** Sleeps until `at`, or until stop() is called. */
   private async pauseUntil(at: number): Promise<void> {
-    while (!this.stopping && Date.now() < at) {
-      await Promise.race([sleep(Math.min(at - Date.now(), 1000)), this.stopped]);
-    }
+    await Promise.race([sleep(Math.max(0, at - Date.now())), this.stopped]);
   }
 
   /**
