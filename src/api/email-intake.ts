@@ -17,6 +17,12 @@ export interface IntakeOptions {
    * fail fast with STORE_UNAVAILABLE meanwhile, instead of waiting out the check).
    */
   readonly concurrentCommits?: number;
+  /**
+   * A group commit still running after this long stops holding its slot (it goes on, and its
+   * requests still get its outcome), so commits cut at COMMIT and checking their outcome cannot
+   * hold every later request: those reach the store and get their answer. Unset: held to the end.
+   */
+  readonly commitStallMs?: number;
 }
 
 export interface AcceptRequest {
@@ -69,6 +75,7 @@ export class EmailIntake {
       },
       MAX_GROUP_COMMIT,
       options.concurrentCommits ?? 1,
+      options.commitStallMs,
     );
   }
 
