@@ -103,6 +103,52 @@ describe('POST /v1/emails/batch', () => {
     }
   });
 
+  test('emails may name a template: each is rendered, and a missing variable refuses only its own email', async () => {
+    const code = `batch_welcome_${Date.now()}`;
+    const saved = await t.request('POST', '/v1/templates', {
+      code,
+      subject: 'Welcome, {{name}}',
+      html: '<p>Hello {{name}}, your plan is {{plan}}.</p>',
+    });
+    assert.equal(saved.statusCode, 201, saved.body);
+    const results = resultsOf(
+      await t.request('POST', '/v1/emails/batch', {
+        emails: [
+          { to: 'ann@example.com', template: code, variables: { name: 'Ann', plan: 'pro' } },
+          { to: 'bob@example.com', template: code, variables: { name: 'Bob' } },
+          { to: 'cy@example.com', template: 'no_such_template' },
+          {
+            to: 'dee@example.com',
+            template: code,
+            template_version: 1,
+            variables: { name: '<Dee>', plan: 'free' },
+          },
+          email('plain'),
+        ],
+      }),
+    );
+    const ann = idOf(results[0]);
+    assert.deepEqual(
+      problemsOf(results[1]).map((p) => [p.field, p.rule]),
+      [['variables.plan', 'required']],
+    );
+    assert.deepEqual(
+      problemsOf(results[2]).map((p) => [p.field, p.rule]),
+      [['template', 'unknown_template']],
+    );
+    const dee = idOf(results[3]);
+    idOf(results[4]);
+    const parsed = [];
+    for (const id of [ann, dee]) {
+      const view = await t.waitForStatus(id, 'sent');
+      const [message] = t.sink.messages().filter((m) => m.messageId === view.message_id);
+      parsed.push(await simpleParser(message!.raw));
+    }
+    assert.deepEqual(parsed.map((mail) => mail.subject).sort(), ['Welcome, <Dee>', 'Welcome, Ann']);
+    const deeHtml = parsed.find((mail) => mail.subject === 'Welcome, <Dee>')?.html;
+    assert.match(String(deeHtml), /Hello &lt;Dee&gt;, your plan is free\./);
+  });
+
   test('a batch that is not {emails: [1..500]} is 400 with the field named, and nothing is stored', async () => {
     const before = await jobCount(t);
     const cases: [unknown, string, string][] = [

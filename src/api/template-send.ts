@@ -19,7 +19,11 @@ export type Expanded =
  * worker builds and sends it as any other email and a template edited or deleted later does not
  * change an accepted email. A body without `template` passes through untouched.
  */
-export async function expandTemplate(store: Store, body: unknown, maxOutputChars: number): Promise<Expanded> {
+export async function expandTemplate(
+  store: Pick<Store, 'getTemplate'>,
+  body: unknown,
+  maxOutputChars: number,
+): Promise<Expanded> {
   if (!isPlainObject(body)) return { ok: true, body };
   if (body['template'] === undefined) {
     const stray = TEMPLATE_FIELDS.filter((field) => body[field] !== undefined);
@@ -78,4 +82,23 @@ export async function expandTemplate(store: Store, body: unknown, maxOutputChars
 
 function fail(problems: FieldProblem[]): Expanded {
   return { ok: false, problems };
+}
+
+/**
+ * A Store reader for one batch: each template version is read once, however many of the batch's
+ * emails use it.
+ */
+export function templatesOnce(store: Pick<Store, 'getTemplate'>): Pick<Store, 'getTemplate'> {
+  const read = new Map<string, ReturnType<Store['getTemplate']>>();
+  return {
+    getTemplate: (code, version) => {
+      const key = `${code}@${version ?? 'latest'}`;
+      let template = read.get(key);
+      if (!template) {
+        template = store.getTemplate(code, version);
+        read.set(key, template);
+      }
+      return template;
+    },
+  };
 }

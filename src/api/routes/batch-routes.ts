@@ -6,6 +6,7 @@ import { type FieldProblem, validationError } from '../../errors.js';
 import { acceptBatch, MAX_BATCH_EMAILS } from '../accept-batch.js';
 import type { ApiContext } from '../api-context.js';
 import { readIdempotencyKey } from '../idempotency-key.js';
+import { expandTemplate, templatesOnce } from '../template-send.js';
 import { BatchEmailBody } from './email-schemas.js';
 
 const BatchBody = Type.Object(
@@ -21,7 +22,7 @@ export async function registerBatchRoutes(app: FastifyInstance, ctx: ApiContext)
         tags: ['emails'],
         summary: `Send up to ${MAX_BATCH_EMAILS} emails in one request`,
         description:
-          'Each email is checked on its own: `results` answers every one, in order, with `{id, status}` or `{error}`; one bad email does not hold back the others. 202 whenever the body is a well-formed batch (even if every email was refused: read `results`); 400 when the body is not `{emails: [...]}` with 1 to 500 emails. The valid emails commit in one transaction. Each counts against MAILROOM_API_RATE_PER_MIN; BACKLOG_FULL and RATE_LIMITED refuse the whole batch. Idempotency-Key covers the whole batch: the same key and body answer the original results, another body is 409.',
+          'Each email is checked on its own (and rendered, when it names a `template`): `results` answers every one, in order, with `{id, status}` or `{error}`; one bad email does not hold back the others. 202 whenever the body is a well-formed batch (even if every email was refused: read `results`); 400 when the body is not `{emails: [...]}` with 1 to 500 emails. The valid emails commit in one transaction. Each counts against MAILROOM_API_RATE_PER_MIN; BACKLOG_FULL and RATE_LIMITED refuse the whole batch. Idempotency-Key covers the whole batch: the same key and body answer the original results, another body is 409.',
         headers: Type.Object({ 'idempotency-key': Type.Optional(Type.String()) }),
         body: BatchBody,
       },
@@ -36,8 +37,15 @@ export async function registerBatchRoutes(app: FastifyInstance, ctx: ApiContext)
       if (problems.length > 0) throw validationError(problems);
       const idempotencyKey = readIdempotencyKey(request);
       const validation = ctx.validation();
+      const templates = templatesOnce(ctx.store);
+      const items = await Promise.all(
+        emails!.map(async (email) => {
+          const expanded = await expandTemplate(templates, email, ctx.config.maxMessageBytes);
+          return expanded.ok ? validateSendEmail(expanded.body, validation) : expanded;
+        }),
+      );
       const { results, replayed } = await acceptBatch(ctx.intake, {
-        items: emails!.map((email) => validateSendEmail(email, validation)),
+        items,
         scope: request.authScope,
         body,
         ...(idempotencyKey !== undefined && { idempotencyKey }),

@@ -69,11 +69,5 @@ export const SendEmailBody = Type.Object(
   { additionalProperties: false },
 );
 
-/** One email of POST /v1/emails/batch: as SendEmailBody, without templates (not supported in a batch). */
-export const BatchEmailBody = Type.Composite(
-  [
-    Type.Omit(SendEmailBody, ['template', 'template_version', 'variables', 'subject']),
-    Type.Object({ subject: Type.String({ minLength: 1, maxLength: 998 }) }),
-  ],
-  { additionalProperties: false },
-);
+/** One email of POST /v1/emails/batch: the same as one sent alone, templates included. */
+export const BatchEmailBody = SendEmailBody;
