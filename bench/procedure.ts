@@ -6,6 +6,7 @@
 
 import type { SinkProcess } from './ceiling.js';
 import { type CpuGroup, cpuBetween, formatCpu, sampleCpu } from './cpu.js';
+import { followLiveLag } from './live-lag.js';
 import { type OpenLoopResult, runOpenLoop } from './load.js';
 import type { RunningShape } from './shapes.js';
 import { summarize } from './stats.js';
@@ -52,6 +53,9 @@ export interface ShapeResult {
   readonly delivery_p50_ms: number;
   readonly delivery_p99_ms: number;
   readonly peak_rss_mb: number;
+  /** Live status (SSE) at the latency rate: event arrival minus the transition's time. */
+  readonly live_lag_p50_ms: number;
+  readonly live_lag_p99_ms: number;
 }
 
 interface StepResult {
@@ -95,6 +99,14 @@ export async function measureShape(shape: RunningShape, plan: Plan, context: Con
     if (!step.sustained && rate >= plan.latencyRate) break;
   }
   const countersAfter = counting ? await settledCounters(shape) : {};
+  // Live status gets a step of its own at the latency rate: a client following every event costs
+  // the API work (reading and sending three events per email) that the ladder's figures leave out.
+  const live = await followLiveLag(shape.emailsUrl);
+  const liveStep = await runStep(shape.emailsUrl, plan.latencyRate, plan.stepMs, context, cpuGroups);
+  const liveLagMs = summarize(live.stop());
+  log(
+    `  live status at ${plan.latencyRate}/s: ${liveLagMs.count} events, transition → SSE client p50/p99 ${liveLagMs.p50.toFixed(1)}/${liveLagMs.p99.toFixed(1)} ms; with the client: ${describe(liveStep)}`,
+  );
   const emails = steps.reduce((sum, step) => sum + step.accepted, 0);
   if (Object.keys(countersAfter).length > 0) {
     const perEmail = Object.entries(countersAfter)
@@ -132,6 +144,8 @@ export async function measureShape(shape: RunningShape, plan: Plan, context: Con
     delivery_p50_ms: round(atLatencyRate.deliveryMs.p50),
     delivery_p99_ms: round(atLatencyRate.deliveryMs.p99),
     peak_rss_mb: Math.round(totalRss),
+    live_lag_p50_ms: round(liveLagMs.p50),
+    live_lag_p99_ms: round(liveLagMs.p99),
   };
 }
 

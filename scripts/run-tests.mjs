@@ -21,6 +21,8 @@ const SHAPE_NEUTRAL = [
   'test/batch.test.ts',
   'test/templates.test.ts',
   'test/notifications-compat.test.ts',
+  'test/webhooks.test.ts',
+  'test/live-status.test.ts',
 ];
 
 const POSTGRES = [

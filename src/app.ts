@@ -10,6 +10,7 @@ import { DEFAULT_DISPATCHER_OPTIONS, OutboxDispatcher } from './broker/outbox-di
 import { type Config, HOUR, SECOND } from './config/config-schema.js';
 import { storeKind } from './config/load-config.js';
 import { parseMailbox } from './domain/validate-email.js';
+import { WEBHOOK_EVENT_TYPES } from './domain/webhook.js';
 import { MailroomError } from './errors.js';
 import { AdaptiveRates } from './flow/adaptive-rates.js';
 import { CircuitBreaker } from './flow/circuit-breaker.js';
@@ -18,17 +19,24 @@ import { FlowControl } from './flow/flow-control.js';
 import { MemoryRateLimiter } from './flow/memory-rate-limiter.js';
 import type { RateLimiter } from './flow/rate-limiter.js';
 import { DevInbox } from './inbox/dev-inbox.js';
+import { LiveHub } from './live/live-hub.js';
 import { createBroker, createRateLimiter, createStore } from './select-adapters.js';
 import type { Store } from './store/store.js';
 import { Metrics } from './telemetry/metrics.js';
 import { serviceTags } from './telemetry/service-tags.js';
+import { tracing } from './telemetry/tracing.js';
 import { ChaosTransport } from './transport/chaos/chaos-transport.js';
 import { describeChaos } from './transport/chaos/parse-chaos.js';
 import { SesTransport } from './transport/ses/ses-transport.js';
 import { SmtpTransport } from './transport/smtp/smtp-transport.js';
 import type { Transport } from './transport/transport.js';
+import { forbiddenHost } from './webhooks/address-guard.js';
+import { WebhookDispatcher } from './webhooks/webhook-dispatcher.js';
 import { WireCodec } from './wire/wire-codec.js';
 import { Worker } from './worker/worker.js';
+
+/** The id of the endpoint MAILROOM_STATUS_CALLBACK_URL registers. */
+export const STATUS_CALLBACK_ID = 'status-callback';
 
 export interface AppRoles {
   readonly api: boolean;
@@ -53,6 +61,8 @@ export interface App {
 }
 
 const IDEMPOTENCY_TTL_MS = 24 * HOUR;
+/** Finished webhook deliveries (and their tries) are kept this long for `GET /v1/webhooks/{id}/deliveries`. */
+const WEBHOOK_LOG_RETENTION_MS = 7 * 24 * HOUR;
 const SCHEDULE_AHEAD_MAX_MS = 366 * 24 * HOUR;
 const MAX_RECIPIENTS = 50;
 /** The longest a claimed job waits in place for a transport token before it is handed back. */
@@ -88,6 +98,8 @@ export async function buildApp(
   }
   const codec = new WireCodec({ validation, idempotencyTtlMs: IDEMPOTENCY_TTL_MS });
   const broker: Broker = createBroker(config, store, codec, logger);
+  const backlog = broker.backlog?.bind(broker);
+  if (backlog) metrics.watchBroker(backlog);
   // A network broker is fed from the store's outbox; the embedded one reads the store directly.
   const dispatcher =
     store.outbox && !broker.publishesOnCommit
@@ -133,6 +145,15 @@ export async function buildApp(
   );
   let draining = false;
   let pruneTimer: NodeJS.Timeout | undefined;
+  // Live status streams are served by the API; every process delivers webhooks.
+  const feed = roles.api ? store.openEventFeed(feedErrorLogger(logger)) : undefined;
+  const live = feed ? new LiveHub(feed, store.events, logger) : undefined;
+  const webhooks = new WebhookDispatcher(store.webhooks, logger, metrics, {
+    timeoutMs: config.webhookTimeoutMs,
+    allowPrivate: config.webhooksAllowPrivate,
+    retryBaseMs: config.webhookRetryBaseMs,
+    retryWindowMs: config.webhookRetryWindowMs,
+  });
 
   const ctx: ApiContext = {
     config,
@@ -150,6 +171,7 @@ export async function buildApp(
     },
     chaos,
     metrics,
+    live,
     workAdded,
     validation,
     workerHealth: () =>
@@ -203,7 +225,13 @@ export async function buildApp(
     await broker.start();
     dispatcher?.start();
     await intake.start();
-    pruneTimer = setInterval(() => void store.pruneIdempotencyKeys(Date.now() - IDEMPOTENCY_TTL_MS), HOUR);
+    await registerStatusCallback(config, store);
+    await feed?.start();
+    webhooks.start();
+    pruneTimer = setInterval(() => {
+      void store.pruneIdempotencyKeys(Date.now() - IDEMPOTENCY_TTL_MS);
+      void store.webhooks.pruneDeliveries(Date.now() - WEBHOOK_LOG_RETENTION_MS);
+    }, HOUR);
     pruneTimer.unref();
     if (ops) urls.opsUrl = await ops.listen({ host: config.host, port: config.metricsPort });
     if (server) {
@@ -239,15 +267,21 @@ export async function buildApp(
     clearInterval(pruneTimer);
     await runInOrder(logger, [
       ['worker', () => worker?.stop(config.shutdownTimeoutMs)],
+      // Open streams would hold the HTTP server open: end them (clients resume elsewhere).
+      ['live streams', () => live?.closeAll('shutting down')],
       ['http server', () => server?.close()],
       ['ops server', () => ops?.close()],
       ['intake', () => intake.stop()],
       ['outbox dispatcher', () => dispatcher?.stop()],
+      ['webhook dispatcher', () => webhooks.stop()],
+      ['event feed', () => feed?.close()],
       ['transport', () => transport?.close()],
       ['rate limiter', () => limiter?.close()],
       ['broker', () => broker.close()],
       ['dev inbox', () => inbox?.close()],
       ['store', () => store.close()],
+      // Last: the spans of everything above, still buffered, go out before the process exits.
+      ['traces', () => tracing()?.flush()],
     ]);
   }
 
@@ -306,6 +340,7 @@ function buildFlowControl(
       },
     }),
     domainRates: config.domainRates ?? { byDomain: new Map() },
+    onWait: (wait) => metrics.rateLimitWaited(wait),
     // A job waits in place for a transport token while its lease still covers the longest send.
     transportMaxWaitMs: Math.min(
       MAX_TRANSPORT_WAIT_MS,
@@ -332,6 +367,45 @@ function countingAccepted(store: Store, metrics: Metrics): Store {
       return typeof value === 'function' ? value.bind(target) : value;
     },
   });
+}
+
+/**
+ * MAILROOM_STATUS_CALLBACK_URL: the endpoint `status-callback`, for every event, put (created or
+ * brought up to date and enabled) at every start, after the same address check as the API's.
+ */
+async function registerStatusCallback(config: Config, store: Store): Promise<void> {
+  if (config.statusCallbackUrl === undefined || config.statusCallbackSecret === undefined) return;
+  if (!config.webhooksAllowPrivate) {
+    const reason = await forbiddenHost(new URL(config.statusCallbackUrl).hostname);
+    if (reason) {
+      throw new MailroomError(
+        'CONFIG_INVALID',
+        `MAILROOM_STATUS_CALLBACK_URL: webhooks may only target public addresses (${reason}); MAILROOM_WEBHOOKS_ALLOW_PRIVATE=1 allows others`,
+      );
+    }
+  }
+  await store.webhooks.putEndpoint({
+    id: STATUS_CALLBACK_ID,
+    url: config.statusCallbackUrl,
+    events: WEBHOOK_EVENT_TYPES,
+    secret: config.statusCallbackSecret,
+    source: 'env',
+    createdAt: Date.now(),
+  });
+}
+
+/**
+ * Logs the live-status feed's failures (a lost LISTEN connection, a read that failed), at most one
+ * line every 10 s: the feed retries by itself, and an outage would otherwise log every poll.
+ */
+function feedErrorLogger(logger: Logger): (error: unknown) => void {
+  let lastLoggedAt = 0;
+  return (error) => {
+    const now = Date.now();
+    if (now - lastLoggedAt < 10 * SECOND) return;
+    lastLoggedAt = now;
+    logger.warn({ err: error }, 'live status feed: cannot follow events; retrying');
+  };
 }
 
 /** Runs each step in turn, even after one failed; logs each failure and rethrows the first. */

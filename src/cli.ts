@@ -1,3 +1,5 @@
+// First: with OTEL_EXPORTER_OTLP_ENDPOINT set it starts tracing before pg, amqplib and http load.
+import './telemetry/preload.js';
 import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import dotenv from 'dotenv';

@@ -127,6 +127,9 @@ describe('delivery through a real SMTP server on loopback', () => {
       Array.from({ length: 10 }, () => t.send({ ...SAMPLE_EMAIL, priority: 'low' })),
     );
     const high = await t.send({ ...SAMPLE_EMAIL, priority: 'high' });
+    // On a network broker, a 202 means committed, not yet published: the high email must reach the
+    // broker before the stalled sends end and free their slots, or the lows take them first.
+    await t.waitForPublished();
     await t.sink.setBehaviour('accept');
     await t.waitForStatus(high, 'sent', 15_000);
     for (const id of [...blockers, ...low]) await t.waitForStatus(id, 'sent', 15_000);

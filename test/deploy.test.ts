@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
-import { CONFIG_SCHEMA, type Config } from '../src/config/config-schema.js';
+import { CONFIG_SCHEMA, type Config, OTEL_VARIABLES } from '../src/config/config-schema.js';
 import { loadConfig, storeKind } from '../src/config/load-config.js';
 import { mixedOutcomeSink } from './support/smtp-sink.js';
 import { SAMPLE_EMAIL, startTestApp, type TestApp } from './support/test-app.js';
@@ -108,7 +108,11 @@ function configOf(name: string): Config {
   return loadConfig(environmentOf(name, services[name]!));
 }
 
-const SCHEMA_VARIABLES = new Set<string>(Object.values(CONFIG_SCHEMA).map((spec) => spec.env));
+/** Mailroom's own variables, and the standard OpenTelemetry ones its tracing honours. */
+const SCHEMA_VARIABLES = new Set<string>([
+  ...Object.values(CONFIG_SCHEMA).map((spec) => spec.env),
+  ...OTEL_VARIABLES,
+]);
 
 describe('deploy/docker-compose.yml: environment', () => {
   test('the Mailroom services are there', () => {
@@ -366,9 +370,10 @@ describe('metrics the dashboard and Prometheus query', () => {
   let exposition: Exposition;
   before(async () => {
     // One email sent, one failed at once (5xx), one deferred once (4xx) then sent: every outcome's
-    // series exists with its labels.
+    // series exists with its labels. A transport rate (2/s, burst 1) makes the sends after the first
+    // wait in place, so the rate-limit wait series have samples whose labels are checked too.
     const sink = mixedOutcomeSink();
-    t = await startTestApp({}, sink, 'embedded');
+    t = await startTestApp({ MAILROOM_RATE_PER_SEC: '2', MAILROOM_RATE_BURST: '1' }, sink, 'embedded');
     const ids = [
       await t.send(SAMPLE_EMAIL),
       await t.send({ ...SAMPLE_EMAIL, to: 'bad@example.com' }),

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setUpScaledOut } from './support/scaled-out-cluster.js';
-import { AMQP_URL, POSTGRES_URL, serviceAvailable } from './support/services.js';
+import { AMQP_URL, NATS_URL, POSTGRES_URL, serviceAvailable } from './support/services.js';
 import { mixedOutcomeSink } from './support/smtp-sink.js';
 import { SAMPLE_EMAIL, startTestApp, type TestApp } from './support/test-app.js';
 import { waitFor } from './support/wait-for.js';
@@ -144,3 +144,77 @@ describe('mailroom worker serves /metrics, /health and /ready on MAILROOM_METRIC
     );
   });
 });
+
+describe('rate-limit waits', () => {
+  test('a send that waited in place for a transport token is observed, labelled by limit and bucket', async () => {
+    // 1 token a second, burst 1: of two emails posted together, the second waits in place (up to
+    // 10 s is allowed for the transport) rather than being handed back.
+    const t = await startTestApp(
+      { MAILROOM_RATE_PER_SEC: '1', MAILROOM_RATE_BURST: '1' },
+      undefined,
+      'embedded',
+    );
+    try {
+      const ids = [
+        await t.send({ ...SAMPLE_EMAIL, to: 'one@example.com' }),
+        await t.send({ ...SAMPLE_EMAIL, to: 'two@example.com' }),
+      ];
+      for (const id of ids) await t.waitForStatus(id, 'sent');
+      const text = (await t.request('GET', '/metrics')).body;
+      const waits = sample(text, 'mailroom_rate_limit_wait_seconds_count', { limit: 'transport' });
+      assert.ok(waits !== undefined && waits >= 1, `waits observed: ${waits}`);
+      assert.ok((sample(text, 'mailroom_rate_limit_wait_seconds_sum', { limit: 'transport' }) ?? 0) > 0);
+      assert.equal(
+        sample(text, 'mailroom_rate_limit_waits_total', { limit: 'transport', bucket: 'transport:smtp' }),
+        waits,
+      );
+      assert.equal(sample(text, 'mailroom_rate_limit_wait_seconds_count', { limit: 'domain' }), undefined);
+    } finally {
+      await t.stop();
+    }
+  });
+});
+
+const natsAvailable = scaledOut && (await serviceAvailable('NATS', NATS_URL));
+
+for (const broker of ['rabbitmq', 'nats'] as const) {
+  describe(`mailroom_broker_messages over ${broker}`, {
+    skip: broker === 'nats' ? !natsAvailable : !scaledOut,
+  }, () => {
+    test('counts what waits in the work queue while no worker runs, and nothing once one has taken it', async (t) => {
+      const { cluster } = await setUpScaledOut(t, {}, broker);
+      const api = await cluster.api();
+      for (let i = 0; i < 3; i++) {
+        const answer = await api.request('POST', '/v1/emails', {
+          ...SAMPLE_EMAIL,
+          to: `lag${i}@example.com`,
+        });
+        assert.equal(answer.status, 202);
+      }
+      const env = cluster.env;
+      const queue = broker === 'rabbitmq' ? env.MAILROOM_AMQP_QUEUE! : env.MAILROOM_NATS_CONSUMER!;
+      const backlog = async () => {
+        const text = await (await fetch(new URL('/metrics', api.apiUrl))).text();
+        return sample(text, 'mailroom_broker_messages', { queue });
+      };
+      // Read at most every 5 s: wait for a fresh figure.
+      await waitFor(
+        `mailroom_broker_messages{queue="${queue}"} to be 3`,
+        async () => (await backlog()) === 3,
+        15_000,
+        250,
+      );
+      // Only this shape's work queues, one series each (high, normal, low).
+      const text = await (await fetch(new URL('/metrics', api.apiUrl))).text();
+      const series = text.split('\n').filter((line) => line.startsWith('mailroom_broker_messages{'));
+      assert.equal(series.length, 3, series.join('\n'));
+      await cluster.worker();
+      await waitFor(
+        `mailroom_broker_messages{queue="${queue}"} to be 0`,
+        async () => (await backlog()) === 0,
+        20_000,
+        250,
+      );
+    });
+  });
+}

@@ -13,6 +13,7 @@ import { after, afterEach, beforeEach, describe, test } from 'node:test';
 import pg from 'pg';
 import type { EmailContent, IdempotencyClaim, JobStatus, NewJob } from '../src/domain/email.js';
 import type { TemplateContent } from '../src/domain/template.js';
+import type { WebhookEventType } from '../src/domain/webhook.js';
 import { MIGRATIONS } from '../src/store/postgres/migrations.js';
 import { PostgresStore, type PostgresStoreOptions } from '../src/store/postgres/postgres-store.js';
 import { ThreadedSqliteStore } from '../src/store/sqlite/threaded-sqlite-store.js';
@@ -1117,6 +1118,207 @@ function storeContract(
           (await store.listTemplateVersions('welcome'))?.map((v) => v.version),
           [1],
         );
+      });
+    });
+
+    describe('event log', () => {
+      test("every committed transition, in order, with increasing ids, the job's tags and metadata", async () => {
+        const before = await store.events.lastEventId();
+        const job = await jobIn(store, 'sent', { tags: ['receipt'], metadata: { order: '7' } });
+        const events = await store.events.eventsAfter(before, 100);
+        assert.deepEqual(
+          events.map((event) => event.type),
+          ['queued', 'processing', 'sent'],
+        );
+        for (const event of events) {
+          assert.equal(event.jobId, job.id);
+          assert.deepEqual(event.tags, ['receipt']);
+          assert.deepEqual(event.metadata, { order: '7' });
+          assert.equal(event.messageId, job.messageId);
+        }
+        assert.equal(events[2]!.detail.smtpCode, 250);
+        const ids = events.map((event) => BigInt(event.id));
+        assert.ok(ids[0]! > BigInt(before) && ids[0]! < ids[1]! && ids[1]! < ids[2]!);
+        assert.equal(await store.events.lastEventId(), events[2]!.id);
+        assert.deepEqual(await store.events.eventsAfter(events[2]!.id, 100), []);
+        assert.deepEqual(
+          (await store.events.eventsAfter(before, 2)).map((event) => event.type),
+          ['queued', 'processing'],
+        );
+        const picked = await store.events.eventsByIds([events[2]!.id, events[0]!.id, '999999999']);
+        assert.deepEqual(
+          picked.map((event) => event.id),
+          [events[0]!.id, events[2]!.id],
+        );
+      });
+    });
+
+    describe('webhooks', () => {
+      const secret = `whsec_${Buffer.alloc(32, 1).toString('base64')}`;
+      const endpoint = (id: string, events: WebhookEventType[] = ['email.sent', 'email.failed']) => ({
+        id,
+        url: `https://hooks.example.com/${id}`,
+        events: [...events],
+        secret,
+        source: 'api' as const,
+        createdAt: T0,
+      });
+
+      test('endpoints: create once, read, list, update, put, delete', async () => {
+        assert.equal(await store.webhooks.createEndpoint(endpoint('a')), true);
+        assert.equal(await store.webhooks.createEndpoint(endpoint('a')), false);
+        const read = await store.webhooks.getEndpoint('a');
+        assert.deepEqual(read, {
+          id: 'a',
+          url: 'https://hooks.example.com/a',
+          events: ['email.sent', 'email.failed'],
+          enabled: true,
+          source: 'api',
+          createdAt: T0,
+          updatedAt: T0,
+        });
+        const updated = await store.webhooks.updateEndpoint(
+          'a',
+          { enabled: false, description: 'x' },
+          T0 + 1,
+        );
+        assert.equal(updated?.enabled, false);
+        assert.equal(updated?.disabledReason, 'disabled');
+        assert.equal(updated?.description, 'x');
+        const again = await store.webhooks.updateEndpoint('a', { enabled: true }, T0 + 2);
+        assert.equal(again?.enabled, true);
+        assert.equal(again?.disabledReason, undefined);
+        assert.equal(await store.webhooks.updateEndpoint('nope', { enabled: true }, T0), undefined);
+        await store.webhooks.putEndpoint({ ...endpoint('env', ['email.queued']), source: 'env' });
+        await store.webhooks.putEndpoint({
+          ...endpoint('env'),
+          url: 'https://other.example.com/',
+          source: 'env',
+        });
+        assert.equal((await store.webhooks.getEndpoint('env'))?.url, 'https://other.example.com/');
+        assert.deepEqual(
+          (await store.webhooks.listEndpoints()).map((e) => e.id),
+          ['a', 'env'],
+        );
+        assert.equal(await store.webhooks.deleteEndpoint('a'), true);
+        assert.equal(await store.webhooks.deleteEndpoint('a'), false);
+        assert.equal(await store.webhooks.getEndpoint('a'), undefined);
+      });
+
+      test('a delivery per subscribed, enabled endpoint, written with the event; taken once while held', async () => {
+        await store.webhooks.createEndpoint(endpoint('sent-only', ['email.sent']));
+        await store.webhooks.createEndpoint(endpoint('off'));
+        await store.webhooks.updateEndpoint('off', { enabled: false }, T0);
+        const job = await jobIn(store, 'sent');
+        const taken = await store.webhooks.takeDeliveries(T0, 10, MINUTE);
+        assert.equal(taken.length, 1);
+        const [delivery] = taken;
+        assert.equal(delivery!.eventType, 'email.sent');
+        assert.equal(delivery!.endpoint.id, 'sent-only');
+        assert.equal(delivery!.endpoint.secret, secret);
+        assert.equal(delivery!.attempt, 1);
+        assert.equal(delivery!.event.jobId, job.id);
+        assert.deepEqual(delivery!.to, ['alice@example.com']);
+        assert.equal(delivery!.subject, 'Your receipt');
+        // Held: no one else takes it until the hold ends; then it comes back as try 2.
+        assert.deepEqual(await store.webhooks.takeDeliveries(T0 + MINUTE - 1, 10, MINUTE), []);
+        const retaken = await store.webhooks.takeDeliveries(T0 + MINUTE, 10, MINUTE);
+        assert.equal(retaken[0]?.attempt, 2);
+        // The first taker's late result is dropped; the current one's is kept.
+        const result = (attempt: number, statusCode: number) => ({
+          deliveryId: delivery!.id,
+          endpointId: 'sent-only',
+          attempt,
+          outcome: { at: T0 + MINUTE + 5, statusCode, durationMs: 12 },
+          next: { kind: 'delivered' as const },
+        });
+        await store.webhooks.recordDeliveries([result(1, 299)]);
+        await store.webhooks.recordDeliveries([result(2, 200)]);
+        const [logged] = await store.webhooks.listDeliveries('sent-only', 10);
+        assert.equal(logged?.status, 'delivered');
+        assert.equal(logged?.attempts, 2);
+        assert.equal(logged?.nextAttemptAt, undefined);
+        assert.deepEqual(logged?.log, [{ at: T0 + MINUTE + 5, statusCode: 200, durationMs: 12 }]);
+        assert.deepEqual(await store.webhooks.takeDeliveries(T0 + HOUR, 10, MINUTE), []);
+      });
+
+      test('retry, then failure that turns the endpoint off and ends its other deliveries', async () => {
+        await store.webhooks.createEndpoint(endpoint('down', ['email.queued']));
+        await jobIn(store, 'queued');
+        await jobIn(store, 'queued');
+        const [first, second] = await store.webhooks.takeDeliveries(T0, 10, MINUTE);
+        assert.ok(first && second);
+        await store.webhooks.recordDeliveries([
+          {
+            deliveryId: first.id,
+            endpointId: 'down',
+            attempt: 1,
+            outcome: { at: T0 + 1, statusCode: 500, error: 'HTTP 500', durationMs: 3 },
+            next: { kind: 'retry', at: T0 + 5000 },
+          },
+        ]);
+        assert.deepEqual(await store.webhooks.takeDeliveries(T0 + 4999, 10, 1), []);
+        const [again] = await store.webhooks.takeDeliveries(T0 + 5000, 10, MINUTE);
+        assert.equal(again?.id, first.id);
+        await store.webhooks.recordDeliveries([
+          {
+            deliveryId: first.id,
+            endpointId: 'down',
+            attempt: 2,
+            outcome: { at: T0 + 6000, error: 'no answer within 10000 ms', durationMs: 10_000 },
+            next: { kind: 'failed', disableEndpoint: { reason: 'failing', unlessDeliveredSince: T0 } },
+          },
+        ]);
+        const off = await store.webhooks.getEndpoint('down');
+        assert.equal(off?.enabled, false);
+        assert.equal(off?.disabledReason, 'failing');
+        const log = await store.webhooks.listDeliveries('down', 10);
+        assert.deepEqual(
+          log.map((d) => [d.id, d.status]),
+          [
+            [second.id, 'failed'],
+            [first.id, 'failed'],
+          ],
+        );
+        assert.match(log[0]!.log[0]!.error!, /endpoint disabled: failing/);
+        assert.deepEqual(
+          log[1]!.log.map((attempt) => attempt.error),
+          ['no answer within 10000 ms', 'HTTP 500'],
+        );
+        // Off: new events make no deliveries for it.
+        await jobIn(store, 'queued');
+        assert.deepEqual(await store.webhooks.takeDeliveries(T0 + HOUR, 10, MINUTE), []);
+        // Paging the log.
+        assert.deepEqual(
+          (await store.webhooks.listDeliveries('down', 10, second.id)).map((d) => d.id),
+          [first.id],
+        );
+        assert.equal(await store.webhooks.pruneDeliveries(T0 + 1), 2);
+        assert.deepEqual(await store.webhooks.listDeliveries('down', 10), []);
+      });
+
+      test('a delivery that runs out does not turn off an endpoint that accepted another since', async () => {
+        await store.webhooks.createEndpoint(endpoint('mixed', ['email.queued']));
+        await jobIn(store, 'queued');
+        await jobIn(store, 'queued');
+        const [bad, good] = await store.webhooks.takeDeliveries(T0, 10, MINUTE);
+        await store.webhooks.recordDeliveries([
+          {
+            deliveryId: good!.id,
+            endpointId: 'mixed',
+            attempt: 1,
+            outcome: { at: T0 + 10, statusCode: 204, durationMs: 1 },
+            next: { kind: 'delivered' },
+          },
+          {
+            deliveryId: bad!.id,
+            endpointId: 'mixed',
+            attempt: 1,
+            outcome: { at: T0 + 20, statusCode: 400, error: 'HTTP 400', durationMs: 1 },
+            next: { kind: 'failed', disableEndpoint: { reason: 'failing', unlessDeliveredSince: T0 } },
+          },
+        ]);
+        assert.equal((await store.webhooks.getEndpoint('mixed'))?.enabled, true);
       });
     });
   });

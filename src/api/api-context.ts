@@ -3,6 +3,7 @@ import type { Config } from '../config/config-schema.js';
 import type { ValidationContext } from '../domain/validate-email.js';
 import type { FlowControl } from '../flow/flow-control.js';
 import type { DevInbox } from '../inbox/dev-inbox.js';
+import type { LiveHub } from '../live/live-hub.js';
 import type { Store } from '../store/store.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import type { ComponentHealth, Transport } from '../transport/transport.js';
@@ -25,6 +26,8 @@ export interface ApiContext {
   readonly flow: FlowControl | undefined;
   /** This process's Prometheus registry, served at /metrics. */
   readonly metrics: Metrics;
+  /** Live status streams (SSE, WebSocket); undefined on processes without the API. */
+  readonly live: LiveHub | undefined;
   /** MAILROOM_CHAOS in words, when fault injection is on. */
   readonly chaos: string | undefined;
   /** Jobs were committed (replayed, say): publish or pick them up now rather than at the next poll. */

@@ -6,19 +6,28 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } 
 import type { Logger } from 'pino';
 import { MailroomError } from '../errors.js';
 import { registerInboxRoutes } from '../inbox/inbox-routes.js';
+import { nameServerSpan } from '../telemetry/http-spans.js';
+import { tracing } from '../telemetry/tracing.js';
 import { VERSION } from '../version.js';
 import type { ApiContext } from './api-context.js';
 import { handleError } from './error-handler.js';
 import { registerCompatRoutes } from './routes/compat-routes.js';
 import { registerDeadLetterRoutes } from './routes/dead-letter-routes.js';
 import { registerEmailRoutes } from './routes/email-routes.js';
+import { registerEventStreamRoutes } from './routes/event-stream-routes.js';
 import { registerHealthRoutes } from './routes/health-routes.js';
 import { registerNotificationCompatRoutes } from './routes/notification-compat-routes.js';
 import { registerSystemRoutes } from './routes/system-routes.js';
 import { registerTemplateRoutes } from './routes/template-routes.js';
+import { registerWebhookRoutes } from './routes/webhook-routes.js';
 
 /** Routes that need an API key when keys are configured. */
 const PROTECTED_PREFIXES = ['/v1/', '/api/'];
+/**
+ * Read-only streams a browser opens (EventSource, WebSocket), which cannot send a Bearer header:
+ * they also take the API key as HTTP Basic credentials (see ApiKeyAuth.authenticateBrowser).
+ */
+const BROWSER_STREAMS = new Set(['/v1/events', '/v1/events/ws']);
 /** Routes answered even while shutting down, so orchestrators can watch it happen. */
 const ALWAYS_OPEN = new Set(['/health', '/ready', '/metrics', '/health/']);
 
@@ -55,6 +64,9 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
       reply.elapsedTime / 1000,
     );
   });
+  // Tracing on: the HTTP server span (from the http instrumentation) is named by route, as
+  // `POST /v1/emails`, with `http.route`: the instrumentation alone only knows the method.
+  if (tracing()) app.addHook('onRequest', nameServerSpan);
   app.decorateRequest('authScope', '');
   app.addHook('onRequest', async (request) => {
     const path = request.url.split('?', 1)[0] ?? '';
@@ -64,7 +76,8 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
         'Mailroom is shutting down; retry on another instance or shortly.',
       );
     }
-    if (PROTECTED_PREFIXES.some((prefix) => path.startsWith(prefix)))
+    if (BROWSER_STREAMS.has(path)) request.authScope = ctx.auth.authenticateBrowser(request);
+    else if (PROTECTED_PREFIXES.some((prefix) => path.startsWith(prefix)))
       request.authScope = ctx.auth.authenticate(request);
   });
 
@@ -88,6 +101,8 @@ export async function buildServer(ctx: ApiContext, logger: Logger): Promise<Fast
   await registerCompatRoutes(app, ctx);
   await registerNotificationCompatRoutes(app, ctx);
   await registerSystemRoutes(app, ctx);
+  await registerWebhookRoutes(app, ctx);
+  if (ctx.live) await registerEventStreamRoutes(app, ctx, ctx.live);
   if (ctx.inbox) await registerInboxRoutes(app, ctx.inbox, ctx.auth);
   return app;
 }

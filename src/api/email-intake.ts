@@ -5,6 +5,9 @@ import { newJobFrom } from '../domain/new-job.js';
 import type { ValidatedEmail } from '../domain/validate-email.js';
 import { MailroomError } from '../errors.js';
 import { CommitUnknownError, type CreateJobResult, type Store } from '../store/store.js';
+import { inBatchSpan, jobAttributes } from '../telemetry/job-spans.js';
+import type { TraceContext } from '../telemetry/trace-context.js';
+import { tracing } from '../telemetry/tracing.js';
 import { Batcher } from '../util/batcher.js';
 
 export interface IntakeOptions {
@@ -66,12 +69,16 @@ export class EmailIntake {
     private readonly options: IntakeOptions,
     private readonly logger: Logger,
   ) {
+    const commit = async (jobs: readonly NewJob[]) => {
+      const results = await this.store.createJobs(jobs);
+      this.backlog += results.filter((result) => result.kind === 'created').length;
+      this.onCommit();
+      return results;
+    };
     this.commits = new Batcher(
-      async (jobs) => {
-        const results = await this.store.createJobs(jobs);
-        this.backlog += results.filter((result) => result.kind === 'created').length;
-        this.onCommit();
-        return results;
+      (jobs) => {
+        const t = tracing();
+        return t ? inBatchSpan(t, 'store group commit', jobs, () => commit(jobs)) : commit(jobs);
       },
       MAX_GROUP_COMMIT,
       options.concurrentCommits ?? 1,
@@ -119,13 +126,20 @@ export class EmailIntake {
       throw new MailroomError('BACKLOG_FULL', `The backlog holds ${this.backlog} jobs; try again later.`);
     }
     const now = options.now ?? Date.now();
-    const jobs = requests.map((request) => this.newJob(request, now));
+    // Tracing on: the request's wait for its group commit is a span, whose context each job keeps.
+    const t = tracing();
+    const span = t?.startSpan('store commit');
+    const traceContext = span && t!.contextOf(span);
+    const jobs = requests.map((request) => this.newJob(request, now, traceContext));
+    span?.setAttributes(jobAttributes(jobs.map((job) => job.id)));
     let results: CreateJobResult[];
     try {
       results = await this.commits.addAll(jobs);
     } catch (error) {
+      if (span) t!.end(span, error);
       throw this.commitError(error, jobs);
     }
+    if (span) t!.end(span);
     return results.map((result): AcceptOutcome => {
       if (result.kind === 'conflict') return result;
       if (result.kind === 'created')
@@ -161,10 +175,11 @@ export class EmailIntake {
     );
   }
 
-  private newJob(request: AcceptRequest, now: number): NewJob {
+  private newJob(request: AcceptRequest, now: number, traceContext: TraceContext | undefined): NewJob {
     return newJobFrom(request.email, {
       id: uuidv7(),
       now,
+      ...(traceContext && { traceContext }),
       ...(request.idempotencyKey !== undefined && {
         idempotency: {
           scope: request.scope,

@@ -85,6 +85,14 @@ export interface Consumer {
   stop(): Promise<void>;
 }
 
+/** Messages waiting in one of the broker's work queues. */
+export interface BrokerBacklog {
+  /** The queue's (RabbitMQ) or durable consumer's (NATS) name. */
+  readonly queue: string;
+  /** Delivered to no worker yet, or delivered and not yet settled, as far as the broker counts them. */
+  readonly messages: number;
+}
+
 export type DeliveryHandler = (delivery: Delivery) => void;
 
 export interface Broker {
@@ -104,4 +112,10 @@ export interface Broker {
   /** Tells the broker that work may be waiting (a commit just happened in this process). */
   notify(): void;
   health(): Promise<ComponentHealth>;
+  /**
+   * Messages waiting in the broker for this shape's work queues, one entry per queue, for the
+   * `mailroom_broker_messages` gauge. Absent when the broker keeps no queue of its own (embedded:
+   * the Store is the queue, and `mailroom_jobs` counts it). Rejects when the broker cannot answer.
+   */
+  backlog?(): Promise<readonly BrokerBacklog[]>;
 }

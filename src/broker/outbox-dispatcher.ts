@@ -1,5 +1,7 @@
 import type { Logger } from 'pino';
 import type { Outbox, OutboxEntry } from '../store/store.js';
+import { publishInTraces } from '../telemetry/job-spans.js';
+import { tracing } from '../telemetry/tracing.js';
 import type { Broker } from './broker.js';
 
 export interface DispatcherOptions {
@@ -111,8 +113,12 @@ export class OutboxDispatcher {
     if (entries.length === 0) return 0;
     const ids = entries.map((entry) => entry.jobId);
     try {
+      const t = tracing();
+      const messages = entries.map(toMessage);
       await withTimeout(
-        this.broker.publish(entries.map(toMessage)),
+        t
+          ? publishInTraces(t, this.broker.name, messages, (traced) => this.broker.publish(traced))
+          : this.broker.publish(messages),
         this.options.publishTimeoutMs,
         `the broker did not confirm ${entries.length} publishes within ${this.options.publishTimeoutMs} ms`,
       );

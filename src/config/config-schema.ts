@@ -6,6 +6,7 @@
 
 import { parseDomainRates } from '../flow/parse-rates.js';
 import { parseChaos } from '../transport/chaos/parse-chaos.js';
+import { isWebhookSecret } from '../webhooks/sign-webhook.js';
 
 export const SECOND = 1000;
 export const MINUTE = 60 * SECOND;
@@ -419,6 +420,53 @@ export const CONFIG_SCHEMA = {
       'Fault injection for drills and demos: the transport fails, refuses or slows down as described. Off when unset; announced in the logs and /ready when on.',
     parse: throwing(parseChaos),
   },
+  webhooksAllowPrivate: {
+    env: 'MAILROOM_WEBHOOKS_ALLOW_PRIVATE',
+    default: 'false',
+    expected: 'true or false (also 1/0, yes/no)',
+    description:
+      'Lets webhook URLs reach loopback, private, link-local and metadata addresses. Off: such targets are refused at registration and again when connecting (DNS may change). For tests and closed networks only.',
+    parse: boolean,
+  },
+  statusCallbackUrl: {
+    env: 'MAILROOM_STATUS_CALLBACK_URL',
+    expected: 'an http:// or https:// URL',
+    description:
+      'Registers one webhook endpoint (id `status-callback`) for every email event, from the environment; needs MAILROOM_STATUS_CALLBACK_SECRET.',
+    parse: httpUrl,
+    secret: true,
+  },
+  statusCallbackSecret: {
+    env: 'MAILROOM_STATUS_CALLBACK_SECRET',
+    expected: 'whsec_ followed by the base64 of 24 to 64 random bytes',
+    description:
+      'The signing secret of the MAILROOM_STATUS_CALLBACK_URL endpoint, which its receiver verifies with.',
+    parse: (raw) => (isWebhookSecret(raw.trim()) ? raw.trim() : undefined),
+    secret: true,
+  },
+  webhookTimeoutMs: {
+    env: 'MAILROOM_WEBHOOK_TIMEOUT_MS',
+    default: '10000',
+    expected: 'an integer from 100 to 120000',
+    description: 'How long a webhook receiver has to answer before the try counts as failed.',
+    parse: integer(100, 120_000),
+  },
+  webhookRetryBaseMs: {
+    env: 'MAILROOM_WEBHOOK_RETRY_BASE_MS',
+    default: '5000',
+    expected: 'an integer from 10 to 3600000',
+    description:
+      'Delay before the second try of a webhook delivery; it doubles with each try (with jitter, at most 2 h apart).',
+    parse: integer(10, 3_600_000),
+  },
+  webhookRetryWindowMs: {
+    env: 'MAILROOM_WEBHOOK_RETRY_WINDOW_MS',
+    default: String(24 * HOUR),
+    expected: 'an integer from 1000 to 604800000',
+    description:
+      'How long a webhook delivery is retried after its event. One that runs out fails, and turns its endpoint off unless the endpoint accepted another delivery meanwhile.',
+    parse: integer(1000, 7 * 24 * HOUR),
+  },
   pollIntervalMs: {
     env: 'MAILROOM_POLL_INTERVAL_MS',
     default: '250',
@@ -522,6 +570,10 @@ export const CONFIG_SCHEMA = {
 } as const satisfies Record<string, VariableSpec<unknown>>;
 
 export type ConfigSchema = typeof CONFIG_SCHEMA;
+
+/** Standard OpenTelemetry variables: honoured, but read by the SDK, not by Mailroom's schema. */
+export { OTEL_VARIABLES } from './otel-variables.js';
+
 type ParsedValue<S> = S extends VariableSpec<infer T> ? T : never;
 type HasDefault<S> = S extends { default: string } ? true : false;
 

@@ -63,6 +63,11 @@ function crossChecks(config: Config): string[] {
       'MAILROOM_BROKER_URL=(hidden): a network broker needs MAILROOM_DATABASE_URL=postgres://… too, so that the API and worker processes share one store',
     );
   }
+  if (config.statusCallbackUrl !== undefined && config.statusCallbackSecret === undefined) {
+    problems.push(
+      'MAILROOM_STATUS_CALLBACK_URL=(hidden): expected MAILROOM_STATUS_CALLBACK_SECRET too (whsec_…), the secret its receiver verifies signatures with',
+    );
+  }
   if (!isLoopback(config.host) && (config.apiKeys ?? []).length === 0) {
     problems.push(
       `MAILROOM_HOST=${config.host}: a non-loopback address needs MAILROOM_API_KEYS, or anyone on the network could send mail`,

@@ -15,6 +15,8 @@
  * - **dead letter**: a job that ended `failed` for good, kept with a reason code so it can be replayed.
  */
 
+import type { TraceContext } from '../telemetry/trace-context.js';
+
 export const PRIORITIES = ['high', 'normal', 'low'] as const;
 export type Priority = (typeof PRIORITIES)[number];
 
@@ -91,6 +93,8 @@ export interface NewJob {
   readonly createdAt: number;
   /** Present when the request carried an Idempotency-Key. */
   readonly idempotency?: IdempotencyClaim;
+  /** The trace the job continues (tracing on): saved in its first event's detail. */
+  readonly traceContext?: TraceContext;
 }
 
 export interface IdempotencyClaim {
@@ -120,7 +124,8 @@ export interface Job {
   readonly deadLetteredAt?: number;
 }
 
-export type JobEventType = JobStatus | 'dead_lettered' | 'replayed' | 'released';
+export const JOB_EVENT_TYPES = [...JOB_STATUSES, 'dead_lettered', 'replayed', 'released'] as const;
+export type JobEventType = (typeof JOB_EVENT_TYPES)[number];
 
 /** One transition in a job's history. */
 export interface JobEvent {

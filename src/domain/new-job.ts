@@ -1,4 +1,5 @@
 import { messageIdFor } from '../mime/message-id.js';
+import type { TraceContext } from '../telemetry/trace-context.js';
 import { hashRequest } from '../util/hash-request.js';
 import type { NewJob } from './email.js';
 import type { ValidatedEmail } from './validate-email.js';
@@ -16,6 +17,8 @@ export interface NewJobOptions {
     readonly request: unknown;
     readonly ttlMs: number;
   };
+  /** The trace the job continues, saved with it (tracing on). */
+  readonly traceContext?: TraceContext;
 }
 
 /**
@@ -33,6 +36,7 @@ export function newJobFrom(email: ValidatedEmail, options: NewJobOptions): NewJo
     ...(email.sendAt !== undefined && { sendAt: email.sendAt }),
     messageId: messageIdFor(id, email.content.from.address),
     createdAt: now,
+    ...(options.traceContext && { traceContext: options.traceContext }),
     ...(idempotency && {
       idempotency: {
         scope: idempotency.scope,

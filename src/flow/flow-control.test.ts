@@ -5,7 +5,7 @@ import type { SendResult } from '../transport/transport.js';
 import { AdaptiveRates, DEFAULT_ADAPTIVE_OPTIONS } from './adaptive-rates.js';
 import { CircuitBreaker } from './circuit-breaker.js';
 import { FallbackRateLimiter } from './fallback-rate-limiter.js';
-import { FlowControl, type FlowControlOptions, type Gate } from './flow-control.js';
+import { FlowControl, type FlowControlOptions, type Gate, type RateLimitWait } from './flow-control.js';
 import { MemoryRateLimiter } from './memory-rate-limiter.js';
 
 const ACCEPTED: SendResult = { kind: 'accepted', response: '250 ok', rejected: [] };
@@ -59,6 +59,19 @@ describe('FlowControl', () => {
       ],
     );
     go(await flow.admit(['e@fast.test'])).done(ACCEPTED);
+    assert.deepEqual(
+      held.map((gate) => gate.kind === 'rate_limited' && gate.detail.limit_group),
+      ['domain:slow.test', 'domain:slow.test'],
+    );
+  });
+
+  test('a held-back job names its exact bucket, and a bounded group for metrics', async () => {
+    const { flow } = flowWithClock({ domainRates: { byDomain: new Map(), fallback: 1 } });
+    go(await flow.admit(['a@unlisted.test'])).done(ACCEPTED);
+    const held = await flow.admit(['b@unlisted.test']);
+    assert.equal(held.kind, 'rate_limited');
+    assert.equal(held.kind === 'rate_limited' && held.detail.limit, 'domain:unlisted.test');
+    assert.equal(held.kind === 'rate_limited' && held.detail.limit_group, 'domain:*');
   });
 
   test('an open breaker hands jobs back until the probe, and the probe and its verdict are reported', async () => {
@@ -113,5 +126,32 @@ describe('FlowControl', () => {
     go(await flow.admit(['a@example.com'])).done(ACCEPTED);
     const second = await flow.admit(['b@example.com']);
     assert.equal(second.kind, 'rate_limited', 'the fallback bucket still limits');
+  });
+
+  test('waits in place are reported with bounded labels; takes granted at once are not', async (t) => {
+    // FlowControl's sleeps do not hold the process open; this does, for the test's few ms of waits.
+    const keepAlive = setInterval(() => {}, 1000);
+    t.after(() => clearInterval(keepAlive));
+    const waits: RateLimitWait[] = [];
+    const { flow } = flowWithClock({
+      // A domain's burst is its rate (5): the sixth take waits 200 ms (the fake clock stands still).
+      domainRates: { byDomain: new Map([['listed.test', 5]]), fallback: 5 },
+      // Burst 1: every take after the first waits a millisecond more.
+      transportRate: { ratePerSec: 1000, burst: 1 },
+      onWait: (wait) => waits.push(wait),
+    });
+    go(await flow.admit(['a@listed.test'])).done(ACCEPTED);
+    assert.equal(waits.length, 0, 'the first take of every bucket is granted at once');
+    for (let i = 0; i < 5; i++) go(await flow.admit([`r${i}@listed.test`])).done(ACCEPTED);
+    for (let i = 0; i < 6; i++) go(await flow.admit([`r${i}@Unlisted.test`])).done(ACCEPTED);
+    // A recipient's domain never becomes a label value unless MAILROOM_DOMAIN_RATES lists it.
+    assert.deepEqual(
+      waits.filter((wait) => wait.limit === 'domain').map((wait) => wait.bucket),
+      ['domain:listed.test', 'domain:*'],
+    );
+    const transportWaits = waits.filter((wait) => wait.limit === 'transport');
+    assert.equal(transportWaits.length, 11);
+    assert.ok(transportWaits.every((wait) => wait.bucket === 'transport:smtp'));
+    assert.ok(waits.every((wait) => wait.waitMs > 0));
   });
 });

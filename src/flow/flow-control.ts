@@ -37,6 +37,22 @@ export interface FlowControlOptions {
   readonly domainRates: DomainRates;
   readonly logger: Logger;
   readonly now?: () => number;
+  /**
+   * Told of every wait in place for tokens (never of a take granted at once): which limit, a
+   * bounded bucket label (see `waitLabel`) and the wait in ms. For metrics; must be cheap.
+   */
+  readonly onWait?: (wait: RateLimitWait) => void;
+}
+
+/** One wait in place for rate-limit tokens. */
+export interface RateLimitWait {
+  readonly limit: 'transport' | 'domain';
+  /**
+   * `transport:<name>`; `domain:<name>` for a domain listed in MAILROOM_DOMAIN_RATES; `domain:*` for
+   * any other domain, or several at once, so that recipients' domains never become label values.
+   */
+  readonly bucket: string;
+  readonly waitMs: number;
 }
 
 /** What the worker does with a job. */
@@ -101,15 +117,18 @@ export class FlowControl {
     const domains = this.domainBucketsFor(recipients);
     const transport = this.transportBucket();
     const waits: number[] = [];
-    for (const [buckets, maxWaitMs] of [
-      [domains, MAX_WAIT_IN_PLACE_MS],
-      [transport ? [transport] : [], this.transportMaxWaitMs],
+    for (const [limit, buckets, maxWaitMs] of [
+      ['domain', domains, MAX_WAIT_IN_PLACE_MS],
+      ['transport', transport ? [transport] : [], this.transportMaxWaitMs],
     ] as const) {
       if (buckets.length === 0) continue;
       const taken = await this.options.limiter.take(buckets, maxWaitMs);
       if (taken.kind === 'denied') {
         admission.done('neutral');
         return this.rateLimited(buckets, taken.retryInMs);
+      }
+      if (taken.waitMs > 0) {
+        this.options.onWait?.({ limit, bucket: this.waitLabel(buckets), waitMs: taken.waitMs });
       }
       waits.push(taken.waitMs);
     }
@@ -135,6 +154,14 @@ export class FlowControl {
     };
   }
 
+  /** The bucket label of a wait: a configured key, else `domain:*` (see RateLimitWait.bucket). */
+  private waitLabel(buckets: readonly BucketSpec[]): string {
+    const [only] = buckets;
+    if (buckets.length !== 1 || !only) return 'domain:*';
+    if (!only.key.startsWith('domain:')) return only.key;
+    return this.options.domainRates.byDomain.has(only.key.slice(7)) ? only.key : 'domain:*';
+  }
+
   private rateLimited(buckets: readonly BucketSpec[], retryInMs: number): Gate {
     const slowest = buckets.reduce((a, b) => (b.ratePerSec < a.ratePerSec ? b : a));
     return {
@@ -144,6 +171,8 @@ export class FlowControl {
         code: 'RATE_LIMITED',
         message: `rate limit ${slowest.key} (${round(slowest.ratePerSec)}/s) reached: no attempt spent`,
         limit: slowest.key,
+        // The bounded form of `limit` that metrics label with: recipients' domains never become series.
+        limit_group: this.waitLabel([slowest]),
         rate_per_sec: round(slowest.ratePerSec),
       },
     };

@@ -1,4 +1,5 @@
 import pino, { type Logger } from 'pino';
+import { tracing } from '../telemetry/tracing.js';
 
 export interface LoggerOptions {
   readonly level: string;
@@ -6,6 +7,8 @@ export interface LoggerOptions {
   readonly pretty: boolean;
   /** Unified tags on every line, the same as on metrics: service, env, version. */
   readonly tags?: Readonly<Record<string, string | undefined>>;
+  /** Where lines go; stdout when absent (tests pass a stream to read them). */
+  readonly destination?: pino.DestinationStream;
 }
 
 /** Paths that may carry secrets; pino replaces them before a line is written. */
@@ -25,13 +28,19 @@ const REDACT = [
   'pass',
   '*.password',
   '*.pass',
+  // Webhook signing secrets.
+  'secret',
+  '*.secret',
 ];
 
 export function createLogger(options: LoggerOptions): Logger {
-  return pino({
+  const settings: pino.LoggerOptions = {
     level: options.level,
     base: { service: 'mailroom', ...definedOnly(options.tags ?? {}) },
     redact: { paths: REDACT, censor: '[redacted]' },
+    // Tracing on: lines logged inside a span (a request, a job's delivery) name its trace and span.
+    // Decided once here, so that with tracing off no line pays for the lookup.
+    ...(tracing() && { mixin: traceIds }),
     ...(options.pretty && {
       transport: {
         target: 'pino-pretty',
@@ -42,11 +51,16 @@ export function createLogger(options: LoggerOptions): Logger {
         },
       },
     }),
-  });
+  };
+  return options.destination ? pino(settings, options.destination) : pino(settings);
 }
 
 function definedOnly(tags: Readonly<Record<string, string | undefined>>): Record<string, string> {
   return Object.fromEntries(
     Object.entries(tags).filter((entry): entry is [string, string] => entry[1] !== undefined),
   );
+}
+
+function traceIds(): Record<string, string> {
+  return tracing()?.activeIds() ?? {};
 }

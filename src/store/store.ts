@@ -17,7 +17,10 @@ import {
   type Priority,
 } from '../domain/email.js';
 import type { TemplateContent, TemplateVersion, TemplateVersionSummary } from '../domain/template.js';
+import type { TraceContext } from '../telemetry/trace-context.js';
 import type { ComponentHealth } from '../transport/transport.js';
+import type { EventFeed, EventLog } from './event-log.js';
+import type { WebhookStore } from './webhook-store.js';
 
 export type CreateJobResult =
   | { readonly kind: 'created'; readonly id: string; readonly status: JobStatus }
@@ -31,10 +34,18 @@ export interface ClaimRequest {
   readonly workerId: string;
   /** Lease length in ms: past it, another worker may claim the job. */
   readonly leaseMs: number;
+  /** Also read the trace context saved at acceptance (tracing on); costs a read, so only then. */
+  readonly withTraceContext?: boolean;
 }
 
 export type ClaimResult =
-  | { readonly kind: 'claimed'; readonly job: Job; readonly leaseToken: string }
+  | {
+      readonly kind: 'claimed';
+      readonly job: Job;
+      readonly leaseToken: string;
+      /** The trace context saved with the job, when asked for and present. */
+      readonly traceContext?: TraceContext;
+    }
   | { readonly kind: 'not_found' }
   /** Already sent, failed or cancelled: a redelivery to acknowledge and drop. */
   | { readonly kind: 'finished'; readonly status: JobStatus }
@@ -188,6 +199,15 @@ export interface Store {
    * on (the adapter's `outbox` option) only when the broker is not the Store itself.
    */
   readonly outbox?: Outbox;
+  /** Every committed transition, by a store-wide increasing id (live status, webhooks). */
+  readonly events: EventLog;
+  /** Webhook endpoints and the durable delivery queue. */
+  readonly webhooks: WebhookStore;
+  /**
+   * A feed of the events that commit from now on in any process sharing this store; not started.
+   * SQLite polls its log (one process writes it); PostgreSQL LISTENs for what a trigger NOTIFYs.
+   */
+  openEventFeed(onError?: (error: unknown) => void): EventFeed;
 
   /** Creates tables or brings them up to date. Safe to call on every start. */
   migrate(): Promise<void>;

@@ -1,6 +1,8 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { BrokerBacklog } from '../broker/broker.js';
 import type { Job } from '../domain/email.js';
 import type { BreakerState } from '../flow/circuit-breaker.js';
+import type { RateLimitWait } from '../flow/flow-control.js';
 import type { JobCounts, OutboxStats, Outcome } from '../store/store.js';
 import type { ServiceTags } from './service-tags.js';
 
@@ -18,6 +20,10 @@ const BREAKER_STATE_VALUE: Record<BreakerState, number> = { closed: 0, half_open
 /** Delivery latency runs from milliseconds (embedded, idle) to hours (retries): wide buckets. */
 const DELIVERY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600];
 const SEND_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+/** Waits in place for tokens: a domain's up to 250 ms, the transport's up to 10 s. */
+const RATE_LIMIT_WAIT_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/** A scrape waits this long at most for the broker's counts; past it the last figures stand. */
+const BROKER_BACKLOG_DEADLINE_MS = 2000;
 const HTTP_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
 export class Metrics {
@@ -93,6 +99,42 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly rateLimitWait = new Histogram({
+    name: 'mailroom_rate_limit_wait_seconds',
+    help: 'Waits in place for rate-limit tokens before a send, by limit (transport, domain). Takes granted at once are not observed.',
+    labelNames: ['limit'] as const,
+    buckets: RATE_LIMIT_WAIT_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly rateLimitWaits = new Counter({
+    name: 'mailroom_rate_limit_waits_total',
+    help: 'Waits in place for rate-limit tokens, by limit and bucket (transport:<name>, a configured domain:<name>, or domain:* for any other).',
+    labelNames: ['limit', 'bucket'] as const,
+    registers: [this.registry],
+  });
+  /** Broker-wide: set at scrape time by watchBroker (no series without a network broker). */
+  private readonly brokerMessages = new Gauge({
+    name: 'mailroom_broker_messages',
+    help: "Messages waiting in the broker for this shape's work queues, by queue (RabbitMQ: ready; NATS: pending + unacknowledged). Broker-wide.",
+    labelNames: ['queue'] as const,
+    registers: [this.registry],
+    collect: () => this.readBrokerBacklog?.(),
+  });
+  private readBrokerBacklog: (() => Promise<void>) | undefined;
+
+  private readonly webhookTries = new Counter({
+    name: 'mailroom_webhook_deliveries_total',
+    help: 'Webhook delivery tries by this process, by result: delivered, retry, failed.',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  private readonly liveClients = new Gauge({
+    name: 'mailroom_live_clients',
+    help: 'Clients following live status on this process, by channel (sse, websocket).',
+    labelNames: ['channel'] as const,
+    registers: [this.registry],
+  });
+
   constructor(labels: ServiceTags, countJobs?: () => Promise<JobCounts>) {
     this.registry.setDefaultLabels({
       service: labels.service,
@@ -143,12 +185,26 @@ export class Metrics {
       case 'released':
         if (code === 'CIRCUIT_OPEN') this.heldBack.inc({ reason: 'circuit_open', limit: '' });
         if (code === 'RATE_LIMITED')
-          this.heldBack.inc({ reason: 'rate_limited', limit: String(outcome.detail.limit ?? '') });
+          this.heldBack.inc({ reason: 'rate_limited', limit: String(outcome.detail.limit_group ?? '') });
         break;
     }
     if (sendSeconds !== undefined && outcome.kind !== 'released') {
       this.sendDuration.observe({ transport, outcome: outcome.kind }, sendSeconds);
     }
+  }
+
+  /** A send waited in place for rate-limit tokens (FlowControl's onWait). */
+  rateLimitWaited(wait: RateLimitWait): void {
+    this.rateLimitWait.observe({ limit: wait.limit }, wait.waitMs / 1000);
+    this.rateLimitWaits.inc({ limit: wait.limit, bucket: wait.bucket });
+  }
+
+  webhookTried(result: 'delivered' | 'retry' | 'failed'): void {
+    this.webhookTries.inc({ result });
+  }
+
+  liveClientsChanged(channel: 'sse' | 'websocket', delta: number): void {
+    this.liveClients.inc({ channel }, delta);
   }
 
   breakerEntered(transport: string, state: BreakerState, counted = true): void {
@@ -181,6 +237,19 @@ export class Metrics {
           this.set(found.oldestDueAt === undefined ? 0 : Math.max(0, Date.now() - found.oldestDueAt) / 1000);
       },
     });
+  }
+
+  /**
+   * The backlog of a network broker's work queues, read when scraped (at most every
+   * JOB_COUNTS_TTL_MS, and never waiting more than BROKER_BACKLOG_DEADLINE_MS): a broker that does
+   * not answer leaves the last figures rather than fail or hold up the scrape.
+   */
+  watchBroker(backlog: () => Promise<readonly BrokerBacklog[]>): void {
+    const read = cachedFor(JOB_COUNTS_TTL_MS, () => withDeadline(backlog(), BROKER_BACKLOG_DEADLINE_MS));
+    this.readBrokerBacklog = async () => {
+      const found = await read().catch(() => undefined);
+      for (const queue of found ?? []) this.brokerMessages.set({ queue: queue.queue }, queue.messages);
+    };
   }
 
   private registerJobGauges(countJobs: () => Promise<JobCounts>): void {
@@ -222,4 +291,14 @@ function cachedFor<T>(ttlMs: number, read: () => Promise<T>): () => Promise<T> {
     }
     return cached.value;
   };
+}
+
+/** `work`, or a rejection once `ms` have passed (the timer does not hold the process open). */
+function withDeadline<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    timer.unref();
+  });
+  return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
 }

@@ -12,7 +12,9 @@ import type {
   RecordOutcome,
   Store,
 } from '../store/store.js';
+import { ended, inBatchSpan, startProcessSpan, tracedSend } from '../telemetry/job-spans.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { tracing, untraced } from '../telemetry/tracing.js';
 import type { OutgoingMessage, Transport } from '../transport/transport.js';
 import { Batcher } from '../util/batcher.js';
 import { decideOutcome, type RetryPolicy } from './decide-outcome.js';
@@ -110,9 +112,21 @@ export class Worker {
     private readonly options: WorkerOptions,
     private readonly logger: Logger,
   ) {
-    this.claims = new Batcher((requests) => this.store.claimJobs(requests, Date.now()), MAX_BATCH);
-    this.outcomes = new Batcher((outcomes) => this.store.recordOutcomes(outcomes, Date.now()), MAX_BATCH);
-    this.creations = new Batcher((jobs) => this.store.createJobs(jobs), MAX_BATCH);
+    // Claims and outcomes of many jobs share a transaction: no single job's trace gets its queries.
+    this.claims = new Batcher(
+      (requests) => untraced(() => this.store.claimJobs(requests, Date.now())),
+      MAX_BATCH,
+    );
+    this.outcomes = new Batcher(
+      (outcomes) => untraced(() => this.store.recordOutcomes(outcomes, Date.now())),
+      MAX_BATCH,
+    );
+    this.creations = new Batcher((jobs) => {
+      const t = tracing();
+      return t
+        ? inBatchSpan(t, 'store group commit', jobs, () => this.store.createJobs(jobs))
+        : this.store.createJobs(jobs);
+    }, MAX_BATCH);
     this.stopped = new Promise((resolve) => {
       this.signalStopped = resolve;
     });
@@ -206,13 +220,33 @@ export class Worker {
     if (delivery.message.newJob) return this.ingest(delivery, delivery.message.newJob);
     const jobId = entry.jobId;
     const askedAt = Date.now();
-    const claim = await this.claims.add({ jobId, workerId: this.id, leaseMs: this.options.leaseMs });
+    const t = tracing();
+    const claim = await this.claims.add({
+      jobId,
+      workerId: this.id,
+      leaseMs: this.options.leaseMs,
+      ...(t && { withTraceContext: true }),
+    });
     if (claim.kind !== 'claimed') return this.settleUnclaimed(delivery, claim);
     entry.leaseToken = claim.leaseToken;
     entry.leaseHoldsUntil = askedAt + this.options.leaseMs;
-    const job = claim.job;
-    entry.job = job;
-    const log = this.logger.child({ job_id: jobId, attempt: job.attempts });
+    entry.job = claim.job;
+    if (!t) return this.attempt(delivery, entry, claim.job);
+    const span = startProcessSpan(t, {
+      broker: this.broker.name,
+      jobId,
+      headers: delivery.message.headers,
+      ...(claim.traceContext && { saved: claim.traceContext }),
+      claimAskedAt: askedAt,
+      attempt: claim.job.attempts,
+      deliveryCount: delivery.deliveryCount,
+    });
+    return ended(t, span, () => t.withSpan(span, () => this.attempt(delivery, entry, claim.job)));
+  }
+
+  /** One attempt at a claimed job: build, ask flow control, send, record, settle. */
+  private async attempt(delivery: Delivery, entry: InFlight, job: Job): Promise<void> {
+    const log = this.logger.child({ job_id: job.id, attempt: job.attempts });
 
     if (this.stopping) {
       await this.record(
@@ -258,7 +292,10 @@ export class Worker {
     }
     entry.sending = true;
     const sendStarted = performance.now();
-    const result = await this.transport.send(message);
+    const t = tracing();
+    const result = await (t
+      ? tracedSend(t, this.transport.name, job.id, () => this.transport.send(message))
+      : this.transport.send(message));
     entry.sendSeconds = (performance.now() - sendStarted) / 1000;
     const flowDetail = gate?.done(result);
     const decided = decideOutcome(result, job.attempts, this.options, Date.now());
@@ -300,7 +337,23 @@ export class Worker {
    * entry then publishes it like a job from the API, so scheduling, priority and retries work the
    * same. A key reused for another email is given up at once: retrying cannot help.
    */
-  private async ingest(delivery: Delivery, job: NewJob): Promise<void> {
+  private async ingest(delivery: Delivery, message: NewJob): Promise<void> {
+    const t = tracing();
+    if (!t) return this.commitIngested(delivery, message);
+    // The producer's traceparent (if any) is the parent; the job keeps this span's context, so the
+    // publish from the outbox and the send continue the producer's trace.
+    const span = startProcessSpan(t, {
+      broker: this.broker.name,
+      jobId: message.id,
+      headers: delivery.message.headers,
+      claimAskedAt: Date.now(),
+      deliveryCount: delivery.deliveryCount,
+    });
+    const job = { ...message, traceContext: t.contextOf(span) };
+    return ended(t, span, () => t.withSpan(span, () => this.commitIngested(delivery, job)));
+  }
+
+  private async commitIngested(delivery: Delivery, job: NewJob): Promise<void> {
     const result = await this.creations.add(job);
     if (result.kind === 'conflict') {
       const error = `idempotency_key ${JSON.stringify(job.idempotency?.key)} was already used for a different email (job ${result.id})`;

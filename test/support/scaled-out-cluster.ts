@@ -33,7 +33,7 @@ export class ScaledOutCluster {
   readonly processes: MailroomProcess[] = [];
 
   /** `env`: the shape's variables (schema, queues, URLs) plus the SMTP URL and any overrides. */
-  constructor(private readonly env: Readonly<Record<string, string>>) {}
+  constructor(readonly env: Readonly<Record<string, string>>) {}
 
   async api(extra: Record<string, string> = {}): Promise<MailroomProcess> {
     return this.start('api', extra);
@@ -194,7 +194,8 @@ export async function postEmails(apiUrl: string, options: PostOptions): Promise<
   return results.sort((a, b) => a.i - b.i);
 }
 
-async function postOne(url: URL, i: number, email: Record<string, unknown>): Promise<PostResult> {
+/** One POST of `email`, as request number `i`; never throws (no answer is status 0). */
+export async function postOne(url: URL, i: number, email: Record<string, unknown>): Promise<PostResult> {
   try {
     const response = await fetch(url, {
       method: 'POST',

@@ -56,6 +56,11 @@ export interface SmtpSinkOptions {
   /** How long 'delay' waits before answering; default 1000 ms. */
   readonly delayMs?: number;
   readonly onMessage?: (message: SinkMessage) => void;
+  /**
+   * When set, the sink offers AUTH PLAIN and LOGIN over plain text (loopback only) and refuses any
+   * transaction from a client that has not logged in with exactly these credentials.
+   */
+  readonly auth?: { readonly user: string; readonly pass: string };
 }
 
 export const SINK_BEHAVIOURS: readonly SinkBehaviour[] = [
@@ -163,9 +168,18 @@ export class SmtpSink {
     this.behaviour = options.behaviour ?? 'accept';
     this.delayMs = options.delayMs ?? 1000;
     this.onMessage = options.onMessage;
+    const auth = options.auth;
     this.server = new SMTPServer({
       disabledCommands: ['STARTTLS'],
-      authOptional: true,
+      authOptional: auth === undefined,
+      ...(auth && {
+        allowInsecureAuth: true,
+        authMethods: ['PLAIN', 'LOGIN'],
+        onAuth: (login, _session, callback) =>
+          login.username === auth.user && login.password === auth.pass
+            ? callback(null, { user: login.username })
+            : callback(smtpError(535, '5.7.8 Authentication credentials invalid')),
+      }),
       logger: false,
       disableReverseLookup: true,
       onMailFrom: (address, session, callback) => this.handleMailFrom(address, session, callback),

@@ -5,6 +5,7 @@ import type { LightMyRequestResponse } from 'fastify';
 import pino from 'pino';
 import { type App, buildApp } from '../../src/app.js';
 import { loadConfig } from '../../src/config/load-config.js';
+import { outboxCount } from './read-postgres.js';
 import { SmtpSink } from './smtp-sink.js';
 import { provisionShape, TEST_SHAPE, type TestShape } from './test-shape.js';
 import { waitFor } from './wait-for.js';
@@ -21,6 +22,12 @@ export interface TestApp {
   ): Promise<LightMyRequestResponse>;
   /** POSTs an email and returns its id; fails the test unless the answer is 202. */
   send(email: Record<string, unknown>, headers?: Record<string, string>): Promise<string>;
+  /**
+   * Waits until every committed job has been handed to the broker: on a network broker's shape, the
+   * outbox is empty (the dispatcher published and the broker confirmed); on the embedded one the
+   * commit is the publish, so at once.
+   */
+  waitForPublished(): Promise<void>;
   /** Polls GET /v1/emails/:id until its status is one of `statuses`. */
   waitForStatus(id: string, statuses: string | string[], timeoutMs?: number): Promise<EmailView>;
   stop(): Promise<void>;
@@ -93,6 +100,11 @@ export async function startTestApp(
       if (response.statusCode !== 202)
         throw new Error(`expected 202, got ${response.statusCode}: ${response.body}`);
       return (response.json() as { id: string }).id;
+    },
+    async waitForPublished() {
+      const schema = resources.env.MAILROOM_DATABASE_SCHEMA;
+      if (schema === undefined || resources.env.MAILROOM_BROKER_URL === undefined) return;
+      await waitFor('the outbox to be published', async () => (await outboxCount(schema)) === 0);
     },
     async waitForStatus(id, statuses, timeoutMs = 10_000) {
       const wanted = Array.isArray(statuses) ? statuses : [statuses];

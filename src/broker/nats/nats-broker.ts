@@ -15,9 +15,12 @@ import {
 } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import type { Priority } from '../../domain/email.js';
+import { producerSpan } from '../../telemetry/job-spans.js';
+import { tracing } from '../../telemetry/tracing.js';
 import type { ComponentHealth } from '../../transport/transport.js';
 import {
   type Broker,
+  type BrokerBacklog,
   BrokerUnavailableError,
   type ConsumeOptions,
   type Consumer,
@@ -335,6 +338,18 @@ export class NatsBroker implements Broker {
     };
   }
 
+  /**
+   * Per priority consumer, the messages JetStream still holds for it: not yet delivered
+   * (`num_pending`) plus delivered and not yet acknowledged (`num_ack_pending`).
+   */
+  async backlog(): Promise<readonly BrokerBacklog[]> {
+    const live = this.live;
+    if (!live || !this.connected) throw new BrokerUnavailableError(`nats: not connected to ${this.where}`);
+    const names = Object.values(this.topology.consumers);
+    const infos = await Promise.all(names.map((name) => live.jsm.consumers.info(this.topology.stream, name)));
+    return infos.map((info, i) => ({ queue: names[i]!, messages: info.num_pending + info.num_ack_pending }));
+  }
+
   // -------------------------------------------------------------------------------------------------------
   // Connection state
 
@@ -523,9 +538,23 @@ export class NatsBroker implements Broker {
   // Publishing
 
   private async publishOne(message: JobMessage): Promise<void> {
-    const encoded = this.options.codec.encode(message);
+    const t = tracing();
+    if (!t) return this.publishWith(message, message.headers);
+    const destination = this.topology.subjects[message.priority];
+    // NATS has no OpenTelemetry instrumentation: the producer span is Mailroom's.
+    return producerSpan(t, { system: 'nats', destination, message }, (headers) =>
+      this.publishWith(message, headers),
+    );
+  }
+
+  /** Publishes `message` with `propagation` as its headers (its own, or a producer span's). */
+  private async publishWith(
+    message: JobMessage,
+    propagation: Readonly<Record<string, string>>,
+  ): Promise<void> {
+    const encoded = this.options.codec.encode({ ...message, headers: propagation });
     const subject = this.topology.subjects[message.priority];
-    const headers = publishHeaders(encoded.contentType, message.headers);
+    const headers = publishHeaders(encoded.contentType, propagation);
     const ack = await this.publishRaw(subject, encoded.body, headers, message.jobId);
     if (ack.duplicate) await this.afterDuplicate(message, subject, encoded.body, headers, ack);
   }

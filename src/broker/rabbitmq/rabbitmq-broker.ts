@@ -2,9 +2,12 @@ import { hostname } from 'node:os';
 import { type ChannelModel, connect, type Options, type RecoveringChannelModel } from 'amqplib';
 import type { Logger } from 'pino';
 import { retryDelayMs } from '../../domain/backoff.js';
+import { inMessageTrace } from '../../telemetry/job-spans.js';
+import { tracing } from '../../telemetry/tracing.js';
 import type { ComponentHealth } from '../../transport/transport.js';
 import {
   type Broker,
+  type BrokerBacklog,
   BrokerUnavailableError,
   type ConsumeOptions,
   type Consumer,
@@ -161,14 +164,17 @@ export class RabbitMqBroker implements Broker {
     await Promise.all(
       messages.map((message) => {
         const encoded = this.options.codec.encode(message);
-        return this.track(
+        const publish = () =>
           live.publisher.publish('', this.topology.workQueues[message.priority], toBuffer(encoded.body), {
             persistent: true,
             contentType: encoded.contentType,
             messageId: message.jobId,
             headers: { ...message.headers },
-          }),
-        );
+          });
+        // Tracing on: amqplib's instrumentation makes the producer span (and rewrites traceparent)
+        // under the active context, so the message's own trace must be the active one.
+        const t = tracing();
+        return this.track(t ? inMessageTrace(t, message.headers, publish) : publish());
       }),
     );
   }
@@ -218,6 +224,24 @@ export class RabbitMqBroker implements Broker {
     const since = new Date(this.down.since).toISOString();
     const state = this.closing ? 'closed' : `reconnecting (${this.down.reason})`;
     return { ok: false, detail: `not connected to ${this.where} since ${since}: ${state}` };
+  }
+
+  /**
+   * Ready messages in each work queue (`checkQueue`; RabbitMQ's count leaves out the unacknowledged),
+   * on a short-lived channel of its own, so a failure here never touches publishing or consuming.
+   */
+  async backlog(): Promise<readonly BrokerBacklog[]> {
+    const live = this.live;
+    if (!live) throw new BrokerUnavailableError(`rabbitmq: not connected to ${this.where}`);
+    const channel = await live.model.createChannel();
+    channel.on('error', () => {});
+    try {
+      const queues = Object.values(this.topology.workQueues);
+      const replies = await Promise.all(queues.map((queue) => channel.checkQueue(queue)));
+      return replies.map((reply) => ({ queue: reply.queue, messages: reply.messageCount }));
+    } finally {
+      await channel.close().catch(() => {});
+    }
   }
 
   /**

@@ -10,6 +10,7 @@
  * transaction of three statements), so the second request sees the first one's claim.
  */
 import { randomBytes } from 'node:crypto';
+import { traceContextIn } from '../../telemetry/trace-context.js';
 import type { ClaimRequest, ClaimResult } from '../store.js';
 import type { Database, NamedStatement, Sql } from './database.js';
 import { FINISHED, type JobRow, toJob, toJson } from './rows.js';
@@ -53,7 +54,12 @@ const CLAIM: NamedStatement = {
        INSERT INTO job_events (job_id, type, at, attempt, detail)
        SELECT id, 'processing', $7, attempt, detail FROM claimable
      )
-     SELECT l.*, c.id IS NOT NULL AS claimed FROM locked l LEFT JOIN claimable c ON c.id = l.id`,
+     SELECT l.*, c.id IS NOT NULL AS claimed,
+       -- The trace context saved at acceptance, only when asked for (tracing on): one index probe.
+       CASE WHEN $8::boolean AND c.id IS NOT NULL THEN
+         (SELECT e.detail FROM job_events e WHERE e.job_id = l.id ORDER BY e.id LIMIT 1)
+       END AS first_detail
+     FROM locked l LEFT JOIN claimable c ON c.id = l.id`,
 };
 
 export async function claimJobs(
@@ -67,7 +73,9 @@ export async function claimJobs(
     return db.transaction((sql) => claimInTransaction(sql, requests, now), 'light');
   }
   const tokens = leaseTokens(requests.length);
-  const { rows } = await db.write<JobRow & { claimed: boolean }>(
+  const { rows } = await db.write<
+    JobRow & { claimed: boolean; first_detail: Record<string, unknown> | null }
+  >(
     CLAIM,
     [
       ids,
@@ -77,6 +85,7 @@ export async function claimJobs(
       requests.map((request) => toJson(claimDetail(request.workerId, false))),
       requests.map((request) => toJson(claimDetail(request.workerId, true))),
       now,
+      requests.some((request) => request.withTraceContext === true),
     ],
     'light',
   );
@@ -88,7 +97,9 @@ export async function claimJobs(
     if ((result.kind === 'claimed') !== (row?.claimed ?? false)) {
       throw new Error(`claimJobs: the claim statement and decide() disagree about job ${request.jobId}`);
     }
-    return result;
+    const traceContext =
+      result.kind === 'claimed' ? traceContextIn(row?.first_detail ?? undefined) : undefined;
+    return traceContext ? { ...result, traceContext } : result;
   });
 }
 

@@ -15,6 +15,7 @@
  * order, so they wait for each other instead of deadlocking.
  */
 import { type IdempotencyClaim, type JobStatus, type NewJob, PRIORITY_RANK } from '../../domain/email.js';
+import { traceDetail } from '../../telemetry/trace-context.js';
 import type { CreateJobResult } from '../store.js';
 import type { NamedStatement, Sql } from './database.js';
 import { toJson } from './rows.js';
@@ -44,8 +45,9 @@ const INSERT_JOBS: NamedStatement = {
   name: 'mailroom_insert_jobs',
   text: `WITH input AS (
        SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[], $5::bigint[], $6::text[],
-                            $7::json[], $8::json[], $9::json[], $10::bigint[], $11::json[])
-         AS i(id, status, priority, run_at, send_at, message_id, content, tags, metadata, created_at, first_event)
+                            $7::json[], $8::json[], $9::json[], $10::bigint[], $11::json[], $17::json[])
+         AS i(id, status, priority, run_at, send_at, message_id, content, tags, metadata, created_at, first_event,
+              headers)
      ),
      inserted AS (
        INSERT INTO jobs (id, status, priority, attempts, run_at, send_at, message_id, content, tags, metadata,
@@ -73,7 +75,7 @@ const INSERT_JOBS: NamedStatement = {
      ),
      outbox AS (
        INSERT INTO outbox (job_id, priority, headers, available_at)
-       SELECT i.id, i.priority, '{}', i.run_at FROM input i JOIN inserted USING (id)
+       SELECT i.id, i.priority, i.headers::jsonb, i.run_at FROM input i JOIN inserted USING (id)
        WHERE $16::boolean
      )
      SELECT id FROM inserted`,
@@ -219,12 +221,19 @@ async function insertJobs(sql: Sql, jobs: readonly NewJob[], withOutbox: boolean
       jobs.map((job) => toJson(job.tags)),
       jobs.map((job) => toJson(job.metadata)),
       jobs.map((job) => job.createdAt),
-      jobs.map((job) => toJson(isScheduled(job) ? { send_at: new Date(job.sendAt!).toISOString() } : {})),
+      jobs.map((job) =>
+        toJson({
+          ...(isScheduled(job) && { send_at: new Date(job.sendAt!).toISOString() }),
+          ...traceDetail(job.traceContext),
+        }),
+      ),
       recipients.map((r) => r.id),
       recipients.map((r) => r.address),
       tags.map((t) => t.id),
       tags.map((t) => t.tag),
       withOutbox,
+      // The outbox entry's propagation headers: the dispatcher publishes in the job's trace.
+      jobs.map((job) => toJson(job.traceContext ?? {})),
     ],
   });
   return new Set(result.rows.map((row) => row.id));

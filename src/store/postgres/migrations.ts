@@ -229,6 +229,78 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 5,
+    name: 'webhook endpoints, deliveries, tries; events trigger for webhooks and live status',
+    // One statement-level trigger on job_events does two things in the transaction that writes the
+    // events: adds a webhook delivery for every enabled endpoint subscribed to each event (so no
+    // committed transition can miss its webhook), and NOTIFYs the new event ids, which PostgreSQL
+    // delivers to listeners when the transaction commits, in commit order (live status across
+    // processes). Ids go in chunks: a NOTIFY payload must stay under 8000 bytes.
+    sql: `
+      CREATE TABLE webhook_endpoints (
+        id              text COLLATE "C" PRIMARY KEY,
+        url             text NOT NULL,
+        events          text[] NOT NULL,
+        description     text,
+        secret          text NOT NULL,
+        enabled         boolean NOT NULL,
+        disabled_reason text,
+        source          text NOT NULL,
+        created_at      bigint NOT NULL,
+        updated_at      bigint NOT NULL
+      );
+
+      CREATE TABLE webhook_deliveries (
+        id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        endpoint_id     text COLLATE "C" NOT NULL REFERENCES webhook_endpoints ON DELETE CASCADE,
+        event_id        bigint NOT NULL,
+        event_type      text NOT NULL,
+        job_id          text COLLATE "C" NOT NULL,
+        status          text NOT NULL,                 -- pending, delivered, failed
+        attempts        integer NOT NULL DEFAULT 0,
+        next_attempt_at bigint,                        -- NULL once delivered or failed
+        created_at      bigint NOT NULL
+      );
+      CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+        WHERE next_attempt_at IS NOT NULL;
+      CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
+      CREATE INDEX webhook_deliveries_created ON webhook_deliveries (created_at);
+
+      CREATE TABLE webhook_attempts (
+        delivery_id bigint NOT NULL REFERENCES webhook_deliveries ON DELETE CASCADE,
+        at          bigint NOT NULL,
+        status_code integer,
+        error       text,
+        duration_ms integer NOT NULL
+      );
+      CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, at);
+
+      CREATE FUNCTION job_events_after_insert() RETURNS trigger
+      LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+      DECLARE
+        ids text;
+      BEGIN
+        INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, job_id, status, next_attempt_at, created_at)
+        SELECT e.id, n.id, 'email.' || n.type, n.job_id, 'pending', n.at, n.at
+          FROM inserted n
+          JOIN webhook_endpoints e ON e.enabled AND ('email.' || n.type) = ANY (e.events);
+
+        FOR ids IN
+          SELECT string_agg(id::text, ',' ORDER BY id)
+            FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / 400 AS chunk FROM inserted) numbered
+           GROUP BY chunk ORDER BY chunk
+        LOOP
+          PERFORM pg_notify('job_events.' || TG_TABLE_SCHEMA, ids);
+        END LOOP;
+        RETURN NULL;
+      END $$;
+
+      CREATE TRIGGER job_events_after_insert AFTER INSERT ON job_events
+        REFERENCING NEW TABLE AS inserted
+        FOR EACH STATEMENT EXECUTE FUNCTION job_events_after_insert();
+    `,
+  },
 ];
 
 /** Creates the schema if missing and applies the migrations it lacks. */

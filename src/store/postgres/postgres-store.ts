@@ -10,6 +10,7 @@ import {
 import type { TemplateContent, TemplateVersion, TemplateVersionSummary } from '../../domain/template.js';
 import type { ComponentHealth } from '../../transport/transport.js';
 import { decodeCursor, encodeCursor } from '../cursor.js';
+import type { EventFeed } from '../event-log.js';
 import {
   type CancelResult,
   type ClaimRequest,
@@ -31,8 +32,10 @@ import { Conditions } from './conditions.js';
 import { createJobs } from './create-jobs.js';
 import { CommitOutcomeUnknownError, checkSchemaName, Database } from './database.js';
 import { migrate } from './migrations.js';
+import { PostgresEventFeed, PostgresEvents } from './postgres-events.js';
 import { PostgresOutbox } from './postgres-outbox.js';
 import { PostgresTemplates } from './postgres-templates.js';
+import { PostgresWebhooks } from './postgres-webhooks.js';
 import { probeHealth } from './probe-health.js';
 import { recordOutcomes } from './record-outcomes.js';
 import { type EventRow, type JobRow, toEvent, toJob, toJson } from './rows.js';
@@ -77,6 +80,10 @@ export class PostgresStore implements Store {
   private readonly schema: string;
   private readonly withOutbox: boolean;
   private readonly templates: PostgresTemplates;
+  readonly events: PostgresEvents;
+  readonly webhooks: PostgresWebhooks;
+  private readonly url: string;
+  private readonly connectTimeoutMs: number;
 
   constructor(options: PostgresStoreOptions) {
     this.schema = checkSchemaName(options.schema ?? 'mailroom');
@@ -90,6 +97,20 @@ export class PostgresStore implements Store {
     this.withOutbox = options.outbox ?? false;
     if (this.withOutbox) this.outbox = new PostgresOutbox(this.db);
     this.templates = new PostgresTemplates(this.db);
+    this.events = new PostgresEvents(this.db);
+    this.webhooks = new PostgresWebhooks(this.db);
+    this.url = options.url;
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 5000;
+  }
+
+  openEventFeed(onError?: (error: unknown) => void): EventFeed {
+    return new PostgresEventFeed({
+      url: this.url,
+      schema: this.schema,
+      log: this.events,
+      connectTimeoutMs: this.connectTimeoutMs,
+      ...(onError && { onError }),
+    });
   }
 
   migrate(): Promise<void> {

@@ -96,4 +96,59 @@ export const MIGRATIONS: readonly Migration[] = [
       ) STRICT;
     `,
   },
+  {
+    version: 3,
+    name: 'webhook endpoints, deliveries and their tries',
+    // Deliveries are written by a trigger in the transaction that writes the event, so no committed
+    // transition can miss its webhook. `events` holds the subscribed types space-separated with a
+    // space at each end, so one instr() tells whether a type is among them.
+    sql: `
+      CREATE TABLE webhook_endpoints (
+        id              TEXT PRIMARY KEY,
+        url             TEXT NOT NULL,
+        events          TEXT NOT NULL,
+        description     TEXT,
+        secret          TEXT NOT NULL,
+        enabled         INTEGER NOT NULL,
+        disabled_reason TEXT,
+        source          TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+      ) STRICT;
+
+      CREATE TABLE webhook_deliveries (
+        id              INTEGER PRIMARY KEY,
+        endpoint_id     TEXT NOT NULL,
+        event_id        INTEGER NOT NULL,
+        event_type      TEXT NOT NULL,
+        job_id          TEXT NOT NULL,
+        status          TEXT NOT NULL,                  -- pending, delivered, failed
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,                        -- NULL once delivered or failed
+        created_at      INTEGER NOT NULL
+      ) STRICT;
+      CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+        WHERE next_attempt_at IS NOT NULL;
+      CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
+      CREATE INDEX webhook_deliveries_created ON webhook_deliveries (created_at);
+
+      CREATE TABLE webhook_attempts (
+        delivery_id INTEGER NOT NULL,
+        at          INTEGER NOT NULL,
+        status_code INTEGER,
+        error       TEXT,
+        duration_ms INTEGER NOT NULL
+      ) STRICT;
+      CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, at);
+
+      CREATE TRIGGER job_events_webhooks AFTER INSERT ON job_events
+      WHEN NEW.type IN ('queued', 'scheduled', 'sent', 'deferred', 'failed', 'cancelled')
+      BEGIN
+        INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, job_id, status, next_attempt_at, created_at)
+        SELECT id, NEW.id, 'email.' || NEW.type, NEW.job_id, 'pending', NEW.at, NEW.at
+          FROM webhook_endpoints
+         WHERE enabled = 1 AND instr(events, ' email.' || NEW.type || ' ') > 0;
+      END;
+    `,
+  },
 ];

@@ -27,9 +27,12 @@ const methods = store as unknown as Record<string, (...args: unknown[]) => Promi
 port.on('message', async (call: StoreCall) => {
   let reply: StoreReply;
   try {
-    const method = methods[call.method];
+    // `webhooks.takeDeliveries`: a method of one of the store's parts.
+    const [first, second] = call.method.split('.') as [string, string | undefined];
+    const target = second === undefined ? methods : (methods[first] as unknown as typeof methods);
+    const method = target?.[second ?? first];
     if (typeof method !== 'function') throw new Error(`no store method ${call.method}`);
-    reply = { id: call.id, ok: true, result: await method.apply(store, call.args) };
+    reply = { id: call.id, ok: true, result: await method.apply(target, call.args) };
   } catch (error) {
     const { message, name, code } = error as Error & { code?: string };
     reply = { id: call.id, ok: false, error: { message, name, ...(code !== undefined && { code }) } };

@@ -14,8 +14,11 @@ import {
   PRIORITY_RANK,
 } from '../../domain/email.js';
 import type { TemplateContent, TemplateVersion, TemplateVersionSummary } from '../../domain/template.js';
+import { type TraceContext, traceContextIn, traceDetail } from '../../telemetry/trace-context.js';
 import type { ComponentHealth } from '../../transport/transport.js';
 import { decodeCursor, encodeCursor } from '../cursor.js';
+import type { EventFeed } from '../event-log.js';
+import { PollingEventFeed } from '../polling-event-feed.js';
 import {
   type CancelResult,
   type ClaimRequest,
@@ -32,6 +35,8 @@ import {
   type Store,
 } from '../store.js';
 import { MIGRATIONS } from './migrations.js';
+import { SqliteEvents } from './sqlite-events.js';
+import { SqliteWebhooks } from './sqlite-webhooks.js';
 
 interface JobRow {
   id: string;
@@ -84,6 +89,8 @@ export class SqliteStore implements Store {
   /** The connection's current `synchronous` level (set FULL when opened). */
   private synchronous: 'FULL' | 'NORMAL' = 'FULL';
   private readonly syncTimer: NodeJS.Timeout;
+  readonly events: SqliteEvents;
+  readonly webhooks: SqliteWebhooks;
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -93,8 +100,16 @@ export class SqliteStore implements Store {
     this.db.pragma('busy_timeout = 5000');
     this.runMigrations();
     this.statements = this.prepare();
+    this.events = new SqliteEvents(this.db);
+    this.webhooks = new SqliteWebhooks(this.db, (durable, work) =>
+      this.commit(durable ? 'FULL' : 'NORMAL', work),
+    );
     this.syncTimer = setInterval(() => this.syncLightCommits(), LIGHT_SYNC_INTERVAL_MS);
     this.syncTimer.unref();
+  }
+
+  openEventFeed(onError?: (error: unknown) => void): EventFeed {
+    return new PollingEventFeed(this.events, undefined, onError);
   }
 
   async migrate(): Promise<void> {
@@ -412,13 +427,10 @@ export class SqliteStore implements Store {
     }
     for (const address of recipientsOf(job.content)) s.insertRecipient.run(address, job.id);
     for (const tag of new Set(job.tags)) s.insertTag.run(tag, job.id);
-    this.addEvent(
-      job.id,
-      status,
-      job.createdAt,
-      0,
-      scheduled ? { send_at: new Date(job.sendAt!).toISOString() } : {},
-    );
+    this.addEvent(job.id, status, job.createdAt, 0, {
+      ...(scheduled && { send_at: new Date(job.sendAt!).toISOString() }),
+      ...traceDetail(job.traceContext),
+    });
     if (claim) s.upsertKey.run(claim.scope, claim.key, claim.requestHash, job.id, status, job.createdAt);
     return { kind: 'created', id: job.id, status };
   }
@@ -442,7 +454,14 @@ export class SqliteStore implements Store {
     if (row.status === 'processing') detail.code = 'LEASE_EXPIRED';
     this.addEvent(row.id, 'processing', now, attempt, detail);
     const job = toJob({ ...row, status: 'processing', attempts: attempt, updated_at: now });
-    return { kind: 'claimed', job, leaseToken };
+    const traceContext = request.withTraceContext ? this.savedTraceContext(row.id) : undefined;
+    return { kind: 'claimed', job, leaseToken, ...(traceContext && { traceContext }) };
+  }
+
+  /** The trace context saved in the job's first event at acceptance. */
+  private savedTraceContext(jobId: string): TraceContext | undefined {
+    const first = this.statements.firstEventDetail.get(jobId) as { detail: string } | undefined;
+    return first ? traceContextIn(JSON.parse(first.detail) as Record<string, unknown>) : undefined;
   }
 
   private recordOne({ jobId, leaseToken, outcome }: RecordOutcome, now: number): boolean {
@@ -522,6 +541,7 @@ export class SqliteStore implements Store {
       insertEvent: db.prepare(
         'INSERT INTO job_events (job_id, type, at, attempt, detail) VALUES (?, ?, ?, ?, ?)',
       ),
+      firstEventDetail: db.prepare('SELECT detail FROM job_events WHERE job_id = ? ORDER BY id LIMIT 1'),
       getKey: db.prepare(
         'SELECT request_hash, job_id, status, created_at FROM idempotency_keys WHERE scope = ? AND key = ?',
       ),

@@ -1,7 +1,10 @@
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import type { EventFeed, EventLog } from '../event-log.js';
+import { PollingEventFeed } from '../polling-event-feed.js';
 import type { Store } from '../store.js';
+import type { WebhookStore } from '../webhook-store.js';
 import type { StoreCall, StoreReply } from './sqlite-store-thread.js';
 
 /**
@@ -89,6 +92,31 @@ export class ThreadedSqliteStore implements Store {
     this.call('listTemplateVersions', args) as ReturnType<Store['listTemplateVersions']>;
   deleteTemplate: Store['deleteTemplate'] = (...args) =>
     this.call('deleteTemplate', args) as ReturnType<Store['deleteTemplate']>;
+
+  readonly events: EventLog = this.part<EventLog>('events', ['eventsAfter', 'eventsByIds', 'lastEventId']);
+  readonly webhooks: WebhookStore = this.part<WebhookStore>('webhooks', [
+    'createEndpoint',
+    'putEndpoint',
+    'getEndpoint',
+    'listEndpoints',
+    'updateEndpoint',
+    'deleteEndpoint',
+    'takeDeliveries',
+    'recordDeliveries',
+    'listDeliveries',
+    'pruneDeliveries',
+  ]);
+
+  openEventFeed(onError?: (error: unknown) => void): EventFeed {
+    return new PollingEventFeed(this.events, undefined, onError);
+  }
+
+  /** A proxy for one of the thread's store parts: `part.method(...)` calls `name.method` there. */
+  private part<T>(name: string, methods: readonly (keyof T & string)[]): T {
+    return Object.fromEntries(
+      methods.map((method) => [method, (...args: unknown[]) => this.call(`${name}.${method}`, args)]),
+    ) as T;
+  }
 
   private call(method: string, args: unknown[]): Promise<unknown> {
     if (this.failure) return Promise.reject(this.failure);

@@ -1,0 +1,49 @@
+/**
+ * The event log: every job transition the Store committed, in commit order, for live status
+ * streams and webhooks. Events are the rows of a job's history (`JobEvent`) with a store-wide id
+ * that grows with each commit, so a client that lost its connection resumes after the last id it saw.
+ */
+import type { JobEventType } from '../domain/email.js';
+
+export interface LoggedEvent {
+  /** Store-wide and increasing, as a decimal string (PostgreSQL's bigint ids pass 2^53 in theory). */
+  readonly id: string;
+  readonly jobId: string;
+  readonly type: JobEventType;
+  readonly at: number;
+  readonly attempt: number;
+  readonly detail: Readonly<Record<string, unknown>>;
+  /** The job's tags and metadata, which never change: what subscribers filter and correlate on. */
+  readonly tags: readonly string[];
+  readonly metadata: Readonly<Record<string, string>>;
+  readonly messageId: string;
+}
+
+export interface EventLog {
+  /** Events whose id is greater than `afterId`, oldest first, at most `limit`. */
+  eventsAfter(afterId: string, limit: number): Promise<LoggedEvent[]>;
+  /** The given events (those that exist), oldest first. */
+  eventsByIds(ids: readonly string[]): Promise<LoggedEvent[]>;
+  /** The newest event's id, '0' when there is none. */
+  lastEventId(): Promise<string>;
+}
+
+/**
+ * Events as they commit, in whatever process committed them: what live status streams listen to.
+ * Listeners get batches in commit order; a listener that throws is logged by the caller, not here.
+ */
+export interface EventFeed {
+  start(): Promise<void>;
+  close(): Promise<void>;
+  subscribe(listener: (events: readonly LoggedEvent[]) => void): () => void;
+}
+
+/** Compares two event ids (decimal strings without leading zeros). */
+export function compareEventIds(a: string, b: string): number {
+  return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
+}
+
+/** True for a well-formed event id (what a client may send as Last-Event-ID). */
+export function isEventId(value: string): boolean {
+  return /^(0|[1-9][0-9]{0,18})$/.test(value);
+}
