@@ -1297,6 +1297,26 @@ function storeContract(
         assert.deepEqual(await store.webhooks.listDeliveries('down', 10), []);
       });
 
+      test('a fair take gives one endpoint at most perEndpoint, and none to the endpoints it skips', async () => {
+        for (const id of ['down', 'up', 'busy'])
+          await store.webhooks.createEndpoint(endpoint(id, ['email.queued']));
+        // Each queued email makes one due delivery per endpoint: 5 due for each.
+        for (let i = 0; i < 5; i++) await jobIn(store, 'queued');
+        const taken = await store.webhooks.takeDeliveries(T0, 16, MINUTE, { perEndpoint: 2, skip: ['busy'] });
+        const byEndpoint = (deliveries: readonly { endpoint: { id: string } }[]) =>
+          deliveries.reduce<Record<string, number>>((counts, { endpoint: { id } }) => {
+            counts[id] = (counts[id] ?? 0) + 1;
+            return counts;
+          }, {});
+        assert.deepEqual(byEndpoint(taken), { down: 2, up: 2 });
+        // The limit still bounds the whole take; without `fair` it is oldest due first, any endpoint.
+        assert.equal(
+          (await store.webhooks.takeDeliveries(T0, 3, MINUTE, { perEndpoint: 2, skip: [] })).length,
+          3,
+        );
+        assert.equal((await store.webhooks.takeDeliveries(T0, 16, MINUTE)).length, 15 - 4 - 3);
+      });
+
       test('a delivery that runs out does not turn off an endpoint that accepted another since', async () => {
         await store.webhooks.createEndpoint(endpoint('mixed', ['email.queued']));
         await jobIn(store, 'queued');

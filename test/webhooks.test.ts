@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { Webhook } from 'standardwebhooks';
 import { SAMPLE_EMAIL, startTestApp, type TestApp } from './support/test-app.js';
@@ -248,6 +250,70 @@ describe('webhooks', () => {
 });
 
 /** Webhook targets on loopback, private, link-local and metadata addresses are refused. */
+/** An HTTP server on loopback that takes requests and never answers them, until closed. */
+async function startStallingServer() {
+  let open = 0;
+  let mostOpen = 0;
+  const server = createServer((request) => {
+    open++;
+    mostOpen = Math.max(mostOpen, open);
+    request.on('close', () => open--);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: (path: string) => `http://127.0.0.1:${(server.address() as AddressInfo).port}${path}`,
+    get open() {
+      return open;
+    },
+    get mostOpen() {
+      return mostOpen;
+    },
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+describe('a receiver that never answers', () => {
+  test('holds a few of the dispatcher’s slots, never the queue: another endpoint is served meanwhile', async () => {
+    const stalling = await startStallingServer();
+    const receiver = new WebhookReceiver();
+    await receiver.start();
+    // Tries wait out a long timeout, so the stalled ones are still open when the healthy one goes.
+    const t = await startTestApp({
+      MAILROOM_WEBHOOKS_ALLOW_PRIVATE: '1',
+      MAILROOM_WEBHOOK_TIMEOUT_MS: '60000',
+    });
+    try {
+      const register = async (url: string) => {
+        const response = await t.request('POST', '/v1/webhooks', { url, events: ['email.queued'] });
+        assert.equal(response.statusCode, 201, response.body);
+      };
+      // 24 deliveries for the stalled endpoint, all older than the healthy endpoint's one: a take
+      // by age alone would give the stalled endpoint every one of the 16 slots.
+      await register(stalling.url('/stall'));
+      for (let i = 0; i < 24; i++) await t.send({ ...SAMPLE_EMAIL, subject: `stall ${i}` });
+      await waitFor('the stalled endpoint’s first tries', () => stalling.open > 0);
+      await register(receiver.url('/healthy'));
+      const id = await t.send(SAMPLE_EMAIL);
+      await waitFor('the healthy endpoint’s webhook', () =>
+        receiver.at('/healthy').some((hook) => hook.json.data.email_id === id),
+      );
+      assert.ok(stalling.open > 0, 'the stalled tries were still waiting for an answer');
+      assert.ok(
+        stalling.mostOpen <= 7,
+        `at most 4 (+3 taken before they count) at once: ${stalling.mostOpen}`,
+      );
+    } finally {
+      // Closing the stalling server first ends its tries at once, so the app stops without waiting.
+      await stalling.close();
+      await t.stop();
+      await receiver.close();
+    }
+  });
+});
+
 describe('webhook address checks', () => {
   let t: TestApp;
   before(async () => {

@@ -55,6 +55,13 @@ export interface DeliveryResult {
   readonly next: DeliveryNext;
 }
 
+/** How a take shares the slots among endpoints (see `WebhookStore.takeDeliveries`). */
+export interface FairTake {
+  readonly perEndpoint: number;
+  /** Endpoints that get none in this take: the dispatcher has as many of theirs in flight as it allows. */
+  readonly skip: readonly string[];
+}
+
 export interface WebhookStore {
   /** False (nothing written) when the id is taken. */
   createEndpoint(endpoint: NewWebhookEndpoint): Promise<boolean>;
@@ -73,9 +80,11 @@ export interface WebhookStore {
   deleteEndpoint(id: string): Promise<boolean>;
   /**
    * Takes up to `limit` deliveries that are due, oldest due first, counting a try for each and
-   * hiding them for `holdMs` (a dispatcher that dies leaves them to be taken again).
+   * hiding them for `holdMs` (a dispatcher that dies leaves them to be taken again). With `fair`,
+   * at most `perEndpoint` of one endpoint's, and none of the endpoints in `skip`: one receiver that
+   * is down (its tries waiting out the timeout) cannot fill every slot and hold back the others.
    */
-  takeDeliveries(now: number, limit: number, holdMs: number): Promise<DueDelivery[]>;
+  takeDeliveries(now: number, limit: number, holdMs: number, fair?: FairTake): Promise<DueDelivery[]>;
   /** Records tries; a result whose `attempt` is no longer the delivery's (a stale dispatcher) is dropped. */
   recordDeliveries(results: readonly DeliveryResult[]): Promise<void>;
   /** An endpoint's deliveries, newest first, ids below `before` when given; each with its last tries. */

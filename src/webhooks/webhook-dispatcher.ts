@@ -27,11 +27,18 @@ export interface WebhookDispatcherOptions {
 }
 
 const RETRY_MAX_MS = 2 * 60 * 60 * 1000;
+/**
+ * Tries of one endpoint in flight at once in a process: a receiver that is down makes each try
+ * wait out the timeout, and without a cap its backlog of retries would fill every slot.
+ */
+const MAX_IN_FLIGHT_PER_ENDPOINT = 4;
 
 /**
  * Delivers webhooks from the store's durable queue: one per process, any number of processes.
  * Each delivery is taken (hidden from other dispatchers while it is tried), signed, POSTed and
- * recorded on its own, so a slow receiver holds one slot, not the queue. What to do next:
+ * recorded on its own. One endpoint has at most MAX_IN_FLIGHT_PER_ENDPOINT tries in flight here
+ * (a take gives it no more than that, and none while it has that many), so a receiver that is down
+ * or slow holds a few slots, never the queue. What to do next:
  * - 2xx: delivered;
  * - 410 Gone: failed, and the endpoint is turned off at once (the receiver asked);
  * - anything else (no answer, 3xx, 4xx, 5xx): tried again with exponential backoff and jitter
@@ -42,6 +49,7 @@ const RETRY_MAX_MS = 2 * 60 * 60 * 1000;
 export class WebhookDispatcher {
   private running = false;
   private inFlight = 0;
+  private readonly inFlightByEndpoint = new Map<string, number>();
   private readonly settled = new Set<Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   /** The take in progress, if any: one at a time, and stop() waits for it. */
@@ -93,7 +101,13 @@ export class WebhookDispatcher {
     try {
       const free = this.concurrency - this.inFlight;
       const holdMs = this.options.timeoutMs + 30_000;
-      const taken = await this.store.takeDeliveries(this.now(), free, holdMs);
+      const skip = [...this.inFlightByEndpoint]
+        .filter(([, count]) => count >= MAX_IN_FLIGHT_PER_ENDPOINT)
+        .map(([endpointId]) => endpointId);
+      const taken = await this.store.takeDeliveries(this.now(), free, holdMs, {
+        perEndpoint: MAX_IN_FLIGHT_PER_ENDPOINT,
+        skip,
+      });
       this.recovered();
       // Taken while stopping: left held; another dispatcher (or this one's next start) tries them.
       if (this.running) for (const delivery of taken) this.launch(delivery);
@@ -103,13 +117,18 @@ export class WebhookDispatcher {
   }
 
   private launch(delivery: DueDelivery): void {
+    const endpointId = delivery.endpoint.id;
     this.inFlight++;
+    this.inFlightByEndpoint.set(endpointId, (this.inFlightByEndpoint.get(endpointId) ?? 0) + 1);
     const done = this.deliver(delivery)
       .catch((error) =>
         this.logger.error({ err: error, delivery_id: delivery.id }, 'webhook delivery crashed'),
       )
       .finally(() => {
         this.inFlight--;
+        const left = this.inFlightByEndpoint.get(endpointId)! - 1;
+        if (left > 0) this.inFlightByEndpoint.set(endpointId, left);
+        else this.inFlightByEndpoint.delete(endpointId);
         this.settled.delete(done);
         void this.fill();
       });

@@ -265,6 +265,8 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
         WHERE next_attempt_at IS NOT NULL;
       CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
+      CREATE INDEX webhook_deliveries_endpoint_due ON webhook_deliveries (endpoint_id, next_attempt_at)
+        WHERE next_attempt_at IS NOT NULL;
       CREATE INDEX webhook_deliveries_created ON webhook_deliveries (created_at);
 
       CREATE TABLE webhook_attempts (

@@ -16,7 +16,7 @@ import {
   toDelivery,
   toEndpoint,
 } from '../webhook-rows.js';
-import type { DeliveryResult, DueDelivery, WebhookStore } from '../webhook-store.js';
+import type { DeliveryResult, DueDelivery, FairTake, WebhookStore } from '../webhook-store.js';
 import type { Database, Sql } from './database.js';
 import { PG_EVENT_COLUMNS, type PgEventRow, toLoggedEvent } from './postgres-events.js';
 
@@ -104,11 +104,18 @@ export class PostgresWebhooks implements WebhookStore {
     return (result.rowCount ?? 0) > 0;
   }
 
-  async takeDeliveries(now: number, limit: number, holdMs: number): Promise<DueDelivery[]> {
+  async takeDeliveries(now: number, limit: number, holdMs: number, fair?: FairTake): Promise<DueDelivery[]> {
+    // Per endpoint, its oldest due (one index range each, few endpoints), then the oldest of those.
     const { rows } = await this.db.write<PgDeliveryRow & { url: string; secret: string; enabled: boolean }>(
       `WITH due AS (
-         SELECT id FROM webhook_deliveries WHERE next_attempt_at <= $1
-         ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED
+         SELECT d.id FROM webhook_endpoints e
+         CROSS JOIN LATERAL (
+           SELECT id, next_attempt_at FROM webhook_deliveries
+            WHERE endpoint_id = e.id AND next_attempt_at <= $1
+            ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED
+         ) d
+         WHERE e.id <> ALL ($5::text[])
+         ORDER BY d.next_attempt_at LIMIT $2
        ),
        taken AS (
          UPDATE webhook_deliveries d SET attempts = d.attempts + 1, next_attempt_at = $3
@@ -119,7 +126,7 @@ export class PostgresWebhooks implements WebhookStore {
               t.attempts, t.next_attempt_at, t.created_at, e.url, e.secret, e.enabled
          FROM taken t JOIN webhook_endpoints e ON e.id = t.endpoint_id
         ORDER BY t.next_attempt_at, t.id`,
-      [now, limit, now + holdMs],
+      [now, limit, now + holdMs, fair?.perEndpoint ?? limit, fair?.skip ?? []],
       'light',
     );
     if (rows.length === 0) return [];

@@ -15,7 +15,7 @@ import {
   toDelivery,
   toEndpoint as toDomainEndpoint,
 } from '../webhook-rows.js';
-import type { DeliveryResult, DueDelivery, WebhookStore } from '../webhook-store.js';
+import type { DeliveryResult, DueDelivery, FairTake, WebhookStore } from '../webhook-store.js';
 import { SQLITE_EVENT_COLUMNS, type SqliteEventRow, toLoggedEvent } from './sqlite-events.js';
 
 /** SQLite returns integers as numbers. */
@@ -134,11 +134,17 @@ export class SqliteWebhooks implements WebhookStore {
     });
   }
 
-  async takeDeliveries(now: number, limit: number, holdMs: number): Promise<DueDelivery[]> {
+  async takeDeliveries(now: number, limit: number, holdMs: number, fair?: FairTake): Promise<DueDelivery[]> {
     // Dispatchers ask several times a second: answer "nothing due" with a read, not a transaction.
     if (!this.hot.anyDue.get(now)) return [];
     return this.commit(false, () => {
-      const taken = this.hot.take.all(now + holdMs, now, limit);
+      const taken = this.hot.take.all({
+        hold: now + holdMs,
+        now,
+        perEndpoint: fair?.perEndpoint ?? limit,
+        skip: JSON.stringify(fair?.skip ?? []),
+        limit,
+      });
       return taken.flatMap((row) => this.describe(row));
     });
   }
@@ -246,10 +252,20 @@ function prepareHot(db: Database.Database) {
     anyDue: db.prepare<[number], { id: number }>(
       'SELECT id FROM webhook_deliveries WHERE next_attempt_at <= ? LIMIT 1',
     ),
-    take: db.prepare<[number, number, number], SqliteDeliveryRow>(
-      `UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ?
-        WHERE id IN (SELECT id FROM webhook_deliveries WHERE next_attempt_at <= ?
-                      ORDER BY next_attempt_at LIMIT ?)
+    // Per endpoint, its oldest due (one index range each, few endpoints), then the oldest of those.
+    take: db.prepare<
+      [{ hold: number; now: number; perEndpoint: number; skip: string; limit: number }],
+      SqliteDeliveryRow
+    >(
+      `UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = @hold
+        WHERE id IN (
+          SELECT d.id FROM webhook_endpoints e
+            JOIN webhook_deliveries d ON d.id IN (
+              SELECT id FROM webhook_deliveries
+               WHERE endpoint_id = e.id AND next_attempt_at <= @now
+               ORDER BY next_attempt_at LIMIT @perEndpoint)
+           WHERE e.id NOT IN (SELECT value FROM json_each(@skip))
+           ORDER BY d.next_attempt_at LIMIT @limit)
         RETURNING *`,
     ),
     endpoint: db.prepare<[string], EndpointRow>('SELECT * FROM webhook_endpoints WHERE id = ?'),
