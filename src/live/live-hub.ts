@@ -12,10 +12,11 @@ export interface LiveFilter {
 export interface LiveClient {
   readonly filter: LiveFilter;
   /**
-   * Everything after this event id: the client's Last-Event-ID, or the log's last id read before
-   * the stream was opened (see `LiveHub.position`), so nothing committed meanwhile is missed.
+   * The client's Last-Event-ID: it first gets the stored events after it. Absent: only events that
+   * reach the feed from now on. (Not "after the log's newest id": on PostgreSQL ids are not in
+   * commit order, and a transaction with a lower id may still commit; the feed has it in order.)
    */
-  readonly afterId: string;
+  readonly afterId?: string;
   /** Sends events in order. False when the client cannot keep up: the hub drops it. */
   send(events: readonly LoggedEvent[]): boolean;
   /** The replay stopped at REPLAY_LIMIT: events between `after` and the live stream were skipped. */
@@ -42,11 +43,11 @@ export function matches(filter: LiveFilter, event: LoggedEvent): boolean {
 }
 
 /**
- * Fans the store's event feed out to live clients (SSE and WebSocket), each with its filter. Every
- * client starts from an event id (its Last-Event-ID, or the log's end when it connected): it first
- * gets the stored events after that id, while live events that arrive meanwhile wait; then the
- * waiting ones (less any already replayed), then live events as they come. The hub listens to the
- * feed only while it has clients.
+ * Fans the store's event feed out to live clients (SSE and WebSocket), each with its filter. A new
+ * client gets live events as they come. A resuming one (Last-Event-ID) first gets the stored events
+ * after that id, while live events that arrive meanwhile wait; then the waiting ones (less any
+ * already replayed), then live events as they come. The hub listens to the feed only while it has
+ * clients.
  */
 export class LiveHub {
   private readonly clients = new Map<
@@ -63,11 +64,6 @@ export class LiveHub {
 
   get size(): number {
     return this.clients.size;
-  }
-
-  /** Where a new client starts when it gives no Last-Event-ID: the log's newest event now. */
-  position(): Promise<string> {
-    return this.log.lastEventId();
   }
 
   /** Starts following for a client; call the returned function when it goes away. */

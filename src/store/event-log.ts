@@ -43,7 +43,10 @@ export function compareEventIds(a: string, b: string): number {
   return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
 }
 
-/** True for a well-formed event id (what a client may send as Last-Event-ID). */
+/** The largest id a store hands out: PostgreSQL's bigint (SQLite's INTEGER is the same 64 bits). */
+const MAX_EVENT_ID = '9223372036854775807';
+
+/** True for a well-formed event id (what a client may send as Last-Event-ID), within bigint range. */
 export function isEventId(value: string): boolean {
-  return /^(0|[1-9][0-9]{0,18})$/.test(value);
+  return /^(0|[1-9][0-9]{0,18})$/.test(value) && compareEventIds(value, MAX_EVENT_ID) <= 0;
 }

@@ -58,11 +58,9 @@ export async function registerEventStreamRoutes(
       },
     },
     async (request, reply) => {
-      const { filter, afterId = await hub.position() } = parseStream(request);
+      const { filter, afterId } = parseStream(request);
       reply.hijack();
       const raw = reply.raw;
-      // Gone while the position was read: its 'close' has fired already, nothing would end it later.
-      if (raw.destroyed || request.raw.destroyed) return;
       raw.writeHead(200, {
         'content-type': 'text/event-stream; charset=utf-8',
         'cache-control': 'no-cache, no-transform',
@@ -74,7 +72,7 @@ export async function registerEventStreamRoutes(
       const heartbeat = setInterval(() => raw.write(': ping\n\n'), SSE_HEARTBEAT_MS);
       const stop = hub.follow({
         filter,
-        afterId,
+        ...(afterId !== undefined && { afterId }),
         send: (events) => {
           raw.write(events.map(sseFrame).join(''));
           return raw.writableLength <= MAX_BUFFERED_BYTES;
@@ -106,20 +104,16 @@ export async function registerEventStreamRoutes(
     },
     async (socket: WebSocket, request) => {
       let stream: ReturnType<typeof parseStream>;
-      let afterId: string;
       try {
         stream = parseStream(request);
-        afterId = stream.afterId ?? (await hub.position());
       } catch (error) {
         socket.close(1008, (error as Error).message.slice(0, 120));
         return;
       }
-      // Closed while the position was read: its 'close' has fired already, nothing would end it later.
-      if (socket.readyState !== socket.OPEN) return;
       const ping = setInterval(() => socket.ping(), WS_PING_MS);
       const stop = hub.follow({
         filter: stream.filter,
-        afterId,
+        ...(stream.afterId !== undefined && { afterId: stream.afterId }),
         send: (events) => {
           for (const event of events) socket.send(JSON.stringify(eventMessage(event)));
           return socket.bufferedAmount <= MAX_BUFFERED_BYTES;
