@@ -15,6 +15,7 @@ import { setUpScaledOut } from './support/scaled-out-cluster.js';
 import { AMQP_URL, NATS_URL, POSTGRES_URL, serviceAvailable } from './support/services.js';
 import { SmtpSink } from './support/smtp-sink.js';
 import { waitFor } from './support/wait-for.js';
+import { WebhookReceiver } from './support/webhook-receiver.js';
 
 const postgres = await serviceAvailable('PostgreSQL', POSTGRES_URL);
 const rabbitmq = postgres && (await serviceAvailable('RabbitMQ', AMQP_URL));
@@ -190,6 +191,33 @@ describe('traces across processes', () => {
     const { receiver, env } = await startReceiver(t);
     const mailroom = await startEmbedded(t, { ...env, ...role('all') });
     await checkOneTrace(receiver, mailroom, [mailroom], 'embedded');
+  });
+
+  test('webhook POSTs are not traced: no span exports a receiver’s URL, no trace context reaches it', async (t) => {
+    const { receiver, env } = await startReceiver(t);
+    const hooks = new WebhookReceiver();
+    await hooks.start();
+    t.after(() => hooks.close());
+    const mailroom = await startEmbedded(t, { ...env, MAILROOM_WEBHOOKS_ALLOW_PRIVATE: '1' });
+    const path = '/hooks/token-in-the-path-s3cr3t';
+    const registered = await mailroom.request('POST', '/v1/webhooks', {
+      url: hooks.url(path),
+      events: ['email.sent'],
+    });
+    assert.equal(registered.status, 201, JSON.stringify(registered.body));
+    const accepted = await mailroom.request('POST', '/v1/emails', EMAIL);
+    const id = String(accepted.body.id);
+    await waitFor('the webhook', () => hooks.at(path).length > 0, 15_000, 50);
+    // The send span is exported with the same batch delay as any span the POST would have made.
+    await waitFor('the send span', () =>
+      receiver.spans.some((span) => span.name === 'send smtp' && span.attributes['mailroom.job_id'] === id),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300)); // two export intervals more
+    assert.deepEqual(
+      receiver.spans.filter((span) => JSON.stringify(span.attributes).includes('s3cr3t')).map((s) => s.name),
+      [],
+    );
+    assert.equal(hooks.at(path)[0]!.headers.traceparent, undefined);
   });
 });
 

@@ -75,6 +75,9 @@ export function startTracing(tags: ServiceTags, env: Env = process.env): void {
       new HttpInstrumentation({
         // Health checks and scrapes every few seconds would bury the emails' traces.
         ignoreIncomingRequestHook: (request) => /^\/(health|ready|metrics)(\?|$)/.test(request.url ?? ''),
+        // Outgoing requests only inside a traced operation (SES sends): webhook POSTs run outside
+        // any span, and their own root spans would export receivers' URLs, tokens in them included.
+        requireParentforOutgoingSpans: true,
       }),
       // Only queries made for a traced operation: the outbox and embedded-broker polls run every
       // half second and would each start a trace of their own.
