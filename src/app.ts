@@ -228,9 +228,17 @@ export async function buildApp(
     await registerStatusCallback(config, store);
     await feed?.start();
     webhooks.start();
+    // A prune that fails (the store briefly unreachable) is logged and tried again next hour; left
+    // unhandled, its rejection would end the process.
+    const prune = (what: string, run: () => Promise<unknown>) =>
+      run().catch((error: unknown) =>
+        logger.warn({ err: error }, `could not prune ${what}; next try in an hour`),
+      );
     pruneTimer = setInterval(() => {
-      void store.pruneIdempotencyKeys(Date.now() - IDEMPOTENCY_TTL_MS);
-      void store.webhooks.pruneDeliveries(Date.now() - WEBHOOK_LOG_RETENTION_MS);
+      void prune('idempotency keys', () => store.pruneIdempotencyKeys(Date.now() - IDEMPOTENCY_TTL_MS));
+      void prune('webhook deliveries', () =>
+        store.webhooks.pruneDeliveries(Date.now() - WEBHOOK_LOG_RETENTION_MS),
+      );
     }, HOUR);
     pruneTimer.unref();
     if (ops) urls.opsUrl = await ops.listen({ host: config.host, port: config.metricsPort });
