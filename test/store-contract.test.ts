@@ -14,6 +14,7 @@ import pg from 'pg';
 import type { EmailContent, IdempotencyClaim, JobStatus, NewJob } from '../src/domain/email.js';
 import type { TemplateContent } from '../src/domain/template.js';
 import type { WebhookEventType } from '../src/domain/webhook.js';
+import { compareEventIds } from '../src/store/event-log.js';
 import { MIGRATIONS } from '../src/store/postgres/migrations.js';
 import { PostgresStore, type PostgresStoreOptions } from '../src/store/postgres/postgres-store.js';
 import { ThreadedSqliteStore } from '../src/store/sqlite/threaded-sqlite-store.js';
@@ -1673,6 +1674,45 @@ describe('PostgreSQL store only', { skip: !postgresUp }, () => {
         /Connection terminated/,
       );
       assert.deepEqual(await rowCounts(fixture.schema), { jobs: 1, job_events: 1, outbox: 1 });
+    });
+  });
+
+  describe('event log: ids are not in commit order', () => {
+    test('eventsAfter the last event seen returns a later commit with a lower id, once; never what was seen', async () => {
+      const { store, schema, dispose } = await postgresStore();
+      const late = new pg.Client({ connectionString: POSTGRES_URL });
+      await late.connect();
+      try {
+        const slow = newJob();
+        await create(store, slow);
+        const before = await store.events.lastEventId();
+        // A transaction takes an event id and stays open...
+        await late.query('BEGIN');
+        await late.query(
+          `INSERT INTO ${schema}.job_events (job_id, type, at, attempt, detail) VALUES ($1, 'released', $2, 0, '{}')`,
+          [slow.id, T0],
+        );
+        // ...while two jobs commit together with higher ids, and a reader sees them.
+        const [b, c] = [newJob(), newJob()];
+        await create(store, b, c);
+        const seen = await store.events.eventsAfter(before, 100);
+        assert.deepEqual(seen.map((event) => event.jobId).sort(), [b.id, c.id].sort());
+        await late.query('COMMIT');
+
+        const last = seen.at(-1)!.id;
+        const next = await store.events.eventsAfter(last, 100);
+        // The late commit, and not the seen events' own transaction (its first event, lower than last).
+        assert.deepEqual(
+          next.map((event) => [event.jobId, event.type]),
+          [[slow.id, 'released']],
+        );
+        assert.ok(compareEventIds(next[0]!.id, last) < 0, 'its id is below the resume point');
+        // A reader that resumes from an event nobody wrote concurrently with gets only newer ones.
+        assert.deepEqual(await store.events.eventsAfter(before, 100).then((events) => events.length), 3);
+      } finally {
+        await late.end();
+        await dispose();
+      }
     });
   });
 

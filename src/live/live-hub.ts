@@ -73,7 +73,10 @@ export class LiveHub {
       replayed: new Set<string>(),
     };
     this.clients.set(client, state);
-    this.unsubscribe ??= this.feed.subscribe((events) => this.publish(events));
+    this.unsubscribe ??= this.feed.subscribe(
+      (events) => this.publish(events),
+      () => this.closeAll('the event feed was interrupted: reconnect with Last-Event-ID to resume'),
+    );
     if (client.afterId !== undefined) void this.replay(client, client.afterId);
     return () => this.drop(client);
   }
@@ -125,8 +128,10 @@ export class LiveHub {
         const page = await this.log.eventsAfter(cursor, REPLAY_PAGE);
         if (!this.clients.has(client)) return;
         if (page.length === 0) break;
-        cursor = page[page.length - 1]!.id;
-        const wanted = page.filter((event) => matches(client.filter, event));
+        const last = page[page.length - 1]!.id;
+        if (compareEventIds(last, cursor) > 0) cursor = last;
+        // Where ids do not follow commits a page may repeat events of the one before: once each.
+        const wanted = page.filter((event) => matches(client.filter, event) && !state.replayed.has(event.id));
         for (const event of wanted) state.replayed.add(event.id);
         if (wanted.length > 0) this.deliver(client, wanted);
         if (page.length < REPLAY_PAGE) break;
@@ -139,8 +144,12 @@ export class LiveHub {
       return;
     }
     if (!this.clients.has(client)) return;
+    // Live events that came during the replay. Where ids follow commits, one at or below afterId
+    // is one the client had; elsewhere it may be a late commit, which it has not seen.
     const waiting = (state.buffer ?? []).filter(
-      (event) => !state.replayed.has(event.id) && compareEventIds(event.id, afterId) > 0,
+      (event) =>
+        !state.replayed.has(event.id) &&
+        (!this.log.idsFollowCommits || compareEventIds(event.id, afterId) > 0),
     );
     state.buffer = undefined;
     setTimeout(() => state.replayed.clear(), REPLAYED_MEMORY_MS).unref();

@@ -20,7 +20,18 @@ export interface LoggedEvent {
 }
 
 export interface EventLog {
-  /** Events whose id is greater than `afterId`, oldest first, at most `limit`. */
+  /**
+   * True when ids are handed out in commit order (SQLite: one writer), so an event with a lower id
+   * than one already seen is one already seen. False on PostgreSQL, where a transaction may commit
+   * events with lower ids after another's: `eventsAfter` then also returns those.
+   */
+  readonly idsFollowCommits: boolean;
+  /**
+   * What a reader that has seen event `afterId` (and everything that committed before it) has not
+   * seen yet, by id, at most `limit`: every event with a greater id and, where ids do not follow
+   * commits, those with lower ids from transactions that were still running when `afterId` was
+   * written. So it may repeat a few events already seen (readers deduplicate by id), never miss one.
+   */
   eventsAfter(afterId: string, limit: number): Promise<LoggedEvent[]>;
   /** The given events (those that exist), oldest first. */
   eventsByIds(ids: readonly string[]): Promise<LoggedEvent[]>;
@@ -35,7 +46,11 @@ export interface EventLog {
 export interface EventFeed {
   start(): Promise<void>;
   close(): Promise<void>;
-  subscribe(listener: (events: readonly LoggedEvent[]) => void): () => void;
+  /**
+   * `interrupted`: the feed lost events it cannot hand on (it was cut off for too long); a listener
+   * serving clients should end them, so they resume from the log with their own last id.
+   */
+  subscribe(listener: (events: readonly LoggedEvent[]) => void, interrupted?: () => void): () => void;
 }
 
 /** Compares two event ids (decimal strings without leading zeros). */

@@ -237,7 +237,16 @@ export const MIGRATIONS: readonly Migration[] = [
     // committed transition can miss its webhook), and NOTIFYs the new event ids, which PostgreSQL
     // delivers to listeners when the transaction commits, in commit order (live status across
     // processes). Ids go in chunks: a NOTIFY payload must stay under 8000 bytes.
+    // Event ids come from a sequence, so a transaction can commit events with lower ids than one
+    // that committed before it. Each event keeps its transaction's id and the oldest transaction
+    // still running when it was written (`tx_id`, `tx_xmin`): whatever commits after an event and
+    // has a lower id was running then, so its tx_id >= that event's tx_xmin. A resume after an event reads
+    // those too (PostgresEvents.eventsAfter). Old rows keep NULL: they predate any resume point.
     sql: `
+      ALTER TABLE job_events ADD COLUMN tx_id xid8, ADD COLUMN tx_xmin xid8;
+      ALTER TABLE job_events ALTER COLUMN tx_id SET DEFAULT pg_current_xact_id(),
+        ALTER COLUMN tx_xmin SET DEFAULT pg_snapshot_xmin(pg_current_snapshot());
+
       CREATE TABLE webhook_endpoints (
         id              text COLLATE "C" PRIMARY KEY,
         url             text NOT NULL,

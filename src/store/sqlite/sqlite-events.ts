@@ -22,6 +22,7 @@ const EVENT_COLUMNS = `e.id, e.job_id, e.type, e.at, e.attempt, e.detail, j.tags
  * event after id N" read at any moment is exactly what committed after N.
  */
 export class SqliteEvents implements EventLog {
+  readonly idsFollowCommits = true;
   private readonly after: Database.Statement<[number, number], EventRow>;
   private readonly last: Database.Statement<[], { id: number | null }>;
 
