@@ -42,6 +42,40 @@ test('secrets are redacted: Authorization, API keys, URLs with passwords, webhoo
   assert.equal((out.lines()[0]!.webhook as Record<string, unknown>).secret, '[redacted]');
 });
 
+test('secrets one level down and in error messages are redacted too', () => {
+  const out = capture();
+  const logger = createLogger({ level: 'info', pretty: false, destination: out.stream });
+  logger.info(
+    {
+      config: {
+        apiKeys: ['key-nested'],
+        databaseUrl: 'postgres://app:pg-secret@db/mailroom',
+        redisUrl: 'redis://:redis-secret@cache:6379',
+        statusCallbackSecret: 'whsec_callback',
+      },
+      statusCallbackUrl: 'https://hooks.example/cb?token=cb-token',
+    },
+    'nested',
+  );
+  logger.error(
+    { err: new Error('connect failed for amqp://guest:amqp-secret@rabbit:5672/ (ECONNREFUSED)') },
+    'an error that quotes its URL',
+  );
+  for (const secret of [
+    'key-nested',
+    'pg-secret',
+    'redis-secret',
+    'whsec_callback',
+    'cb-token',
+    'amqp-secret',
+  ]) {
+    assert.ok(!out.text().includes(secret), `${secret} leaked: ${out.text()}`);
+  }
+  const err = out.lines()[1]!.err as Record<string, unknown>;
+  assert.equal(err.message, 'connect failed for amqp://[redacted]@rabbit:5672/ (ECONNREFUSED)');
+  assert.equal(err.type, 'Error', 'still the standard serializer');
+});
+
 test('with tracing on, lines carry the active trace_id and span_id', () => {
   const ids = { trace_id: '0af7651916cd43dd8448eb211c80319c', span_id: 'b7ad6b7169203331' };
   installTracing({ activeIds: () => ids } as unknown as Tracing);

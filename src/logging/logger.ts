@@ -16,11 +16,19 @@ const REDACT = [
   'req.headers.authorization',
   'headers.authorization',
   'authorization',
+  '*.authorization',
   'apiKey',
   'apiKeys',
+  '*.apiKeys',
   'smtpUrl',
+  '*.smtpUrl',
   'databaseUrl',
+  '*.databaseUrl',
   'brokerUrl',
+  '*.brokerUrl',
+  'redisUrl',
+  '*.redisUrl',
+  'statusCallbackUrl',
   'url',
   '*.url',
   'connectionString',
@@ -31,13 +39,33 @@ const REDACT = [
   // Webhook signing secrets.
   'secret',
   '*.secret',
+  'statusCallbackSecret',
+  '*.statusCallbackSecret',
 ];
+
+/** `scheme://user:password@` in free text (an error's message or stack): the credentials go. */
+const URL_CREDENTIALS = /\b([a-z][a-z0-9+.-]*:\/\/)[^\s/@:]+:[^\s/@]+@/gi;
+
+/**
+ * pino's error serializer, with credentials in URLs scrubbed from the message and stack: redaction
+ * works on paths, and a driver's error may quote the URL it was given.
+ */
+function serializeError(error: unknown): unknown {
+  const serialized = pino.stdSerializers.err(error as Error) as unknown as Record<string, unknown>;
+  if (typeof serialized !== 'object' || serialized === null) return serialized;
+  for (const field of ['message', 'stack'] as const) {
+    const value = serialized[field];
+    if (typeof value === 'string') serialized[field] = value.replace(URL_CREDENTIALS, '$1[redacted]@');
+  }
+  return serialized;
+}
 
 export function createLogger(options: LoggerOptions): Logger {
   const settings: pino.LoggerOptions = {
     level: options.level,
     base: { service: 'mailroom', ...definedOnly(options.tags ?? {}) },
     redact: { paths: REDACT, censor: '[redacted]' },
+    serializers: { err: serializeError },
     // Tracing on: lines logged inside a span (a request, a job's delivery) name its trace and span.
     // Decided once here, so that with tracing off no line pays for the lookup.
     ...(tracing() && { mixin: traceIds }),
