@@ -384,7 +384,9 @@ function countingAccepted(store: Store, metrics: Metrics): Store {
 async function registerStatusCallback(config: Config, store: Store): Promise<void> {
   if (config.statusCallbackUrl === undefined || config.statusCallbackSecret === undefined) return;
   if (!config.webhooksAllowPrivate) {
-    const reason = await forbiddenHost(new URL(config.statusCallbackUrl).hostname);
+    // A name that does not resolve now is let through: a DNS failure at start-up should not stop
+    // every process, and each delivery is checked again when it connects.
+    const reason = await forbiddenHost(new URL(config.statusCallbackUrl).hostname, undefined, 'allow');
     if (reason) {
       throw new MailroomError(
         'CONFIG_INVALID',

@@ -38,7 +38,7 @@ describe('signWebhook', () => {
 
 describe('address guard', () => {
   test('only public unicast addresses pass', () => {
-    for (const address of ['93.184.215.14', '8.8.8.8', '2606:4700:4700::1111']) {
+    for (const address of ['93.184.215.14', '8.8.8.8', '2606:4700:4700::1111', '64:ff9b::93.184.215.14']) {
       assert.equal(forbiddenAddress(address), undefined, address);
     }
     for (const address of [
@@ -53,6 +53,12 @@ describe('address guard', () => {
       '::',
       '::ffff:10.0.0.1',
       '::ffff:127.0.0.1',
+      // IPv4-compatible and NAT64 forms are judged as the IPv4 address they carry.
+      '::10.0.0.1',
+      '::127.0.0.1',
+      '::169.254.169.254',
+      '64:ff9b::10.0.0.1',
+      '64:ff9b::a9fe:a9fe',
       'fe80::1',
       'fd00:ec2::254',
       '224.0.0.1',
@@ -76,6 +82,13 @@ describe('address guard', () => {
       ))!,
       /does not resolve \(ENOTFOUND\)/,
     );
+    const failing = async () => Promise.reject(Object.assign(new Error('x'), { code: 'EAI_AGAIN' }));
+    assert.equal(
+      await forbiddenHost('flaky.example', failing, 'allow'),
+      undefined,
+      'start-up lets it through',
+    );
+    assert.match((await forbiddenHost('[::1]', failing, 'allow'))!, /loopback/, 'an address is still judged');
   });
 
   test('the check runs again at connect time: a name that resolves to loopback gets no request', async () => {
