@@ -33,6 +33,20 @@ const logger = pino({ level: process.env.LOG_LEVEL ?? 'silent' });
 const TRACEPARENT = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
 const UUID_V7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
+/** Mailroom's own codec, for the tests that depend on what it writes. */
+function wireCodec(): WireCodec {
+  return new WireCodec({
+    validation: () => ({
+      defaultFrom: 'Mailroom <mailroom@localhost>',
+      maxRecipients: 50,
+      maxMessageBytes: 10 * 1024 * 1024,
+      maxScheduleAheadMs: 366 * 24 * 3600 * 1000,
+      now: Date.now(),
+    }),
+    idempotencyTtlMs: 24 * 3600 * 1000,
+  });
+}
+
 /** A tiny JSON codec standing in for the wire codec: the broker only needs the port. */
 const jsonCodec: MessageCodec = {
   encode: (message) => ({
@@ -295,6 +309,19 @@ describe('NATS JetStream broker', { skip: !available }, () => {
     await sleep(300);
     assert.equal(recorder.received.length, 2);
     assert.equal(await messagesIn(broker.topology.stream), 0);
+  });
+
+  test('a republish that differs only in its trace context is the same pointer: dropped', async () => {
+    const broker = makeBroker({ codec: wireCodec() });
+    await broker.start();
+    // With tracing on, each publish carries its own producer span's context in the body.
+    const traced = (span: string) => ({
+      ...job('t'),
+      headers: { traceparent: `00-0af7651916cd43dd8448eb211c80319c-${span}-01` },
+    });
+    await broker.publish([traced('b7ad6b7169203331')]);
+    await broker.publish([traced('00f067aa0ba902b7')]);
+    assert.equal(await messagesIn(broker.topology.stream), 1);
   });
 
   test('an outside producer that used the job id as its Nats-Msg-Id does not swallow the pointer', async () => {
@@ -648,17 +675,7 @@ describe('NATS JetStream broker', { skip: !available }, () => {
   });
 
   test('with the wire codec: pointers round-trip, and an outside MessagePack {uuid, email, subject, body} is an email', async () => {
-    const codec = new WireCodec({
-      validation: () => ({
-        defaultFrom: 'Mailroom <mailroom@localhost>',
-        maxRecipients: 50,
-        maxMessageBytes: 10 * 1024 * 1024,
-        maxScheduleAheadMs: 366 * 24 * 3600 * 1000,
-        now: Date.now(),
-      }),
-      idempotencyTtlMs: 24 * 3600 * 1000,
-    });
-    const broker = makeBroker({ codec });
+    const broker = makeBroker({ codec: wireCodec() });
     await broker.start();
     const recorder = new Recorder();
     await broker.consume(recorder.handler, { prefetch: 5 });

@@ -5,6 +5,7 @@ import {
   type Consumer as JsConsumer,
   jetstreamManager,
   type PubAck,
+  type StoredMsg,
 } from '@nats-io/jetstream';
 import {
   type ConnectionOptions,
@@ -28,7 +29,7 @@ import {
   type JobMessage,
   type MessageCodec,
 } from '../broker.js';
-import { publishHeaders } from './message-headers.js';
+import { HEADERS, publishHeaders } from './message-headers.js';
 import { NatsConsumer } from './nats-consumer.js';
 import { declareTopology, describeTopology, type NatsTopology } from './topology.js';
 
@@ -579,7 +580,7 @@ export class NatsBroker implements Broker {
     if (!live) throw new BrokerUnavailableError('nats: not connected');
     // null: no such message (consumed since).
     const stored = await live.jsm.streams.getMessage(this.topology.stream, { seq: ack.seq });
-    if (stored && stored.subject === subject && equalBytes(stored.data, body)) {
+    if (stored && stored.subject === subject && this.isSamePointer(stored, message, body)) {
       this.logger.debug({ job_id: message.jobId, stream_seq: ack.seq }, 'nats: duplicate publish dropped');
       return;
     }
@@ -588,6 +589,25 @@ export class NatsBroker implements Broker {
       'nats: the job id was used within the dedupe window by a message since consumed, or another one; publishing under a new id',
     );
     await this.publishRaw(subject, body, headers, `${message.jobId}:${ack.seq}`);
+  }
+
+  /**
+   * Whether the stored message is the pointer `message` would publish. Byte equality is not enough:
+   * with tracing on each publish carries the trace context of its own producer span, so a republish
+   * of the same pointer differs in its `trace_context`; what matters is job id, priority, no content.
+   */
+  private isSamePointer(stored: StoredMsg, message: JobMessage, body: Uint8Array): boolean {
+    if (equalBytes(stored.data, body)) return true;
+    const decoded = this.options.codec.decode(
+      stored.data,
+      stored.header?.get(HEADERS.contentType) || undefined,
+    );
+    return (
+      decoded.ok &&
+      decoded.message.newJob === undefined &&
+      decoded.message.jobId === message.jobId &&
+      decoded.message.priority === message.priority
+    );
   }
 
   /**
