@@ -89,7 +89,7 @@ export interface Consumer {
 export interface BrokerBacklog {
   /** The queue's (RabbitMQ) or durable consumer's (NATS) name. */
   readonly queue: string;
-  /** Delivered to no worker yet, or delivered and not yet settled, as far as the broker counts them. */
+  /** Waiting for a worker: RabbitMQ's ready messages; NATS's pending plus delivered and not yet acked. */
   readonly messages: number;
 }
 

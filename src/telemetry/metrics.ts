@@ -245,15 +245,18 @@ export class Metrics {
    * not answer leaves the last figures rather than fail or hold up the scrape.
    */
   watchBroker(backlog: () => Promise<readonly BrokerBacklog[]>): void {
-    const read = cachedFor(JOB_COUNTS_TTL_MS, () => withDeadline(backlog(), BROKER_BACKLOG_DEADLINE_MS));
-    this.readBrokerBacklog = async () => {
-      const found = await read().catch(() => undefined);
-      for (const queue of found ?? []) this.brokerMessages.set({ queue: queue.queue }, queue.messages);
-    };
+    // One read at a time: a broker that answers slowly must not get a new read (a RabbitMQ channel
+    // each) on every scrape while the ones before are still waiting; the deadline bounds the scrape.
+    // A read that answers after its scrape gave up still sets the figures, for the next scrape.
+    const single = oneAtATime(async () => {
+      for (const queue of await backlog()) this.brokerMessages.set({ queue: queue.queue }, queue.messages);
+    });
+    const read = cachedFor(JOB_COUNTS_TTL_MS, () => withDeadline(single(), BROKER_BACKLOG_DEADLINE_MS));
+    this.readBrokerBacklog = () => read().catch(() => undefined);
   }
 
   private registerJobGauges(countJobs: () => Promise<JobCounts>): void {
-    const counts = cachedFor(JOB_COUNTS_TTL_MS, countJobs);
+    const counts = cachedFor(JOB_COUNTS_TTL_MS, oneAtATime(countJobs));
     new Gauge({
       name: 'mailroom_jobs',
       help: 'Jobs in the store by status (queue depth: queued, scheduled, processing, deferred). Store-wide: every process reports the same figure.',
@@ -290,6 +293,17 @@ function cachedFor<T>(ttlMs: number, read: () => Promise<T>): () => Promise<T> {
       });
     }
     return cached.value;
+  };
+}
+
+/** `read`, but while one call is running every other call shares it instead of starting another. */
+function oneAtATime<T>(read: () => Promise<T>): () => Promise<T> {
+  let running: Promise<T> | undefined;
+  return () => {
+    running ??= read().finally(() => {
+      running = undefined;
+    });
+    return running;
   };
 }
 
