@@ -672,6 +672,36 @@ function storeContract(
         assert.deepEqual(results[1], { kind: 'busy', status: 'processing', retryAt: T0 + 1000 });
         assert.equal((await store.getJob(job.id))?.attempts, 1);
       });
+
+      test('withTraceContext: a claim returns the context saved at acceptance, on the one-statement and the long way', async () => {
+        const context = { traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' };
+        const [traced, plain] = [newJob({ traceContext: context }), newJob()];
+        await create(store, traced, plain);
+        const ask = (jobId: string, withTraceContext: boolean) => ({
+          jobId,
+          workerId: 'worker-1',
+          leaseMs: 1000,
+          withTraceContext,
+        });
+        const [first, second] = await store.claimJobs([ask(traced.id, true), ask(plain.id, true)], T0);
+        assert.deepEqual(first?.kind === 'claimed' && first.traceContext, context);
+        assert.equal(
+          second?.kind === 'claimed' && second.traceContext,
+          undefined,
+          'none saved, none returned',
+        );
+        // Not asked for: not read.
+        const again = newJob({ traceContext: context });
+        await create(store, again);
+        const [unasked] = await store.claimJobs([ask(again.id, false)], T0);
+        assert.equal(unasked?.kind === 'claimed' && unasked.traceContext, undefined);
+        // A batch that asks for one job twice takes the long way, and still reads it.
+        const twice = newJob({ traceContext: context });
+        await create(store, twice);
+        const [claimed, busy] = await store.claimJobs([ask(twice.id, true), ask(twice.id, true)], T0);
+        assert.deepEqual(claimed?.kind === 'claimed' && claimed.traceContext, context);
+        assert.equal(busy?.kind, 'busy');
+      });
     });
 
     describe('recordOutcomes', () => {

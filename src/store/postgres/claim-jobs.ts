@@ -174,8 +174,20 @@ async function claimInTransaction(
     });
     return result;
   });
-  if (claims.length > 0) await writeClaims(sql, claims, now);
-  return results;
+  if (claims.length === 0) return results;
+  await writeClaims(sql, claims, now);
+  if (!requests.some((request) => request.withTraceContext === true)) return results;
+  // As the one-statement claim does: the trace context saved at acceptance, for each job claimed.
+  const first = await sql.query<{ job_id: string; detail: Record<string, unknown> }>(
+    `SELECT DISTINCT ON (job_id) job_id, detail FROM job_events WHERE job_id = ANY($1::text[])
+      ORDER BY job_id, id`,
+    [claims.map((claim) => claim.id)],
+  );
+  const details = new Map(first.rows.map((row) => [row.job_id, row.detail]));
+  return results.map((result) => {
+    const traceContext = result.kind === 'claimed' ? traceContextIn(details.get(result.job.id)) : undefined;
+    return traceContext ? { ...result, traceContext } : result;
+  });
 }
 
 /** The claims' updates and their `processing` events, in one statement. */
