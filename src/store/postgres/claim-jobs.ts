@@ -97,10 +97,15 @@ export async function claimJobs(
     if ((result.kind === 'claimed') !== (row?.claimed ?? false)) {
       throw new Error(`claimJobs: the claim statement and decide() disagree about job ${request.jobId}`);
     }
-    const traceContext =
-      result.kind === 'claimed' ? traceContextIn(row?.first_detail ?? undefined) : undefined;
-    return traceContext ? { ...result, traceContext } : result;
+    return withSavedTrace(result, row?.first_detail ?? undefined);
   });
+}
+
+/** A claim with the trace context found in its job's first event detail, when there is one. */
+function withSavedTrace(result: ClaimResult, firstDetail: Record<string, unknown> | undefined): ClaimResult {
+  if (result.kind !== 'claimed') return result;
+  const traceContext = traceContextIn(firstDetail);
+  return traceContext ? { ...result, traceContext } : result;
 }
 
 /** What a request gets, given its job's row as it stands (locked): the job as claimed, or why not. */
@@ -184,10 +189,9 @@ async function claimInTransaction(
     [claims.map((claim) => claim.id)],
   );
   const details = new Map(first.rows.map((row) => [row.job_id, row.detail]));
-  return results.map((result) => {
-    const traceContext = result.kind === 'claimed' ? traceContextIn(details.get(result.job.id)) : undefined;
-    return traceContext ? { ...result, traceContext } : result;
-  });
+  return results.map((result) =>
+    withSavedTrace(result, result.kind === 'claimed' ? details.get(result.job.id) : undefined),
+  );
 }
 
 /** The claims' updates and their `processing` events, in one statement. */
